@@ -1,0 +1,132 @@
+//! The `Driver` seam: how an agent runs one kind of instance. Implementations:
+//! [`process::ProcessDriver`] (real: cgroups + a supervising shim) and
+//! [`sim::SimDriver`] (in-memory, for tests and benchmarks at scale).
+
+pub mod process;
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nimbus_api::InstanceSpec;
+use serde::{Deserialize, Serialize};
+
+/// Name of the combined stdout/stderr log file in a task's directory.
+pub const LOG_FILE: &str = "output.log";
+
+/// Errors of a driver operation; the message is shown to users as the instance reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The task could not be started (bad command, cgroup setup failure, ...).
+    #[error("failed to start: {0}")]
+    Start(String),
+    /// A cgroup operation failed.
+    #[error("cgroup {path}: {message}")]
+    Cgroup { path: String, message: String },
+    /// Any other IO failure, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The driver cannot run on this node.
+    #[error("driver unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What fingerprinting found: whether the driver works here and facts about the node.
+#[derive(Debug, Clone, Default)]
+pub struct Fingerprint {
+    pub available: bool,
+    pub facts: BTreeMap<String, String>,
+}
+
+/// Everything a driver needs to start one task.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// Instance name; unique on the node.
+    pub name: String,
+    pub generation: u64,
+    pub spec: InstanceSpec,
+    /// A directory owned by this task (status files, working dir). The driver writes
+    /// the task's stdout and stderr, interleaved, to [`LOG_FILE`] in it.
+    pub dir: PathBuf,
+}
+
+/// Serializable handle to a started task; persisted by the agent so that it can
+/// [`Driver::recover`] the task after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskHandle {
+    pub name: String,
+    pub driver: String,
+    /// Pid of the supervising process (shim) or the task itself.
+    pub pid: u32,
+    /// Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22),
+    /// so a recycled pid is never mistaken for the task.
+    pub start_ticks: u64,
+    /// Pid of the user's process, when known.
+    pub child_pid: Option<u32>,
+    pub dir: PathBuf,
+    /// Driver-specific data (e.g. cgroup paths).
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code when it exited normally.
+    pub code: Option<i32>,
+    /// Signal number when it was killed.
+    pub signal: Option<i32>,
+    /// True when the kernel's OOM killer ended it (memory limit reached).
+    pub oom_killed: bool,
+    /// A sentence for users, e.g. "exited with code 1" or "killed by the OOM killer
+    /// (memory limit 64 MiB reached)".
+    pub reason: String,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.oom_killed
+    }
+}
+
+/// State of a task as the driver sees it now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskState {
+    Running,
+    Exited(ExitStatus),
+}
+
+/// Resource usage of a running task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskStats {
+    pub memory_bytes: u64,
+    pub cpu_usage_ns: u64,
+}
+
+/// One kind of workload runner. Calls are synchronous and short, except `stop`,
+/// which may block up to its grace period; the agent calls it off the async runtime.
+pub trait Driver: Send + Sync {
+    /// Driver name as used in node facts and instance kinds (`process`, `qemu`).
+    fn name(&self) -> &'static str;
+    /// Probes whether the driver works on this node.
+    fn fingerprint(&self) -> Fingerprint;
+    /// Starts a task; returns once it has been launched.
+    fn start(&self, cfg: &TaskConfig) -> Result<TaskHandle, DriverError>;
+    /// Reports whether the task still runs or how it ended. Must keep answering the
+    /// exit status after the task ended, until `destroy`.
+    fn status(&self, handle: &TaskHandle) -> Result<TaskState, DriverError>;
+    /// Asks the task to stop (SIGTERM), then kills it after `grace`. Idempotent.
+    fn stop(&self, handle: &TaskHandle, grace: Duration) -> Result<(), DriverError>;
+    /// Releases everything the task held (cgroups, status files); keeps logs. Idempotent.
+    fn destroy(&self, handle: &TaskHandle) -> Result<(), DriverError>;
+    /// Re-attaches to a task started by an earlier agent process. Returns false when the
+    /// handle does not refer to a live or finished task of ours anymore.
+    fn recover(&self, handle: &TaskHandle) -> Result<bool, DriverError>;
+    /// Current resource usage.
+    fn stats(&self, handle: &TaskHandle) -> Result<TaskStats, DriverError>;
+}

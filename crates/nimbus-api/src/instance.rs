@@ -1,0 +1,328 @@
+//! Instances: what a user asks for (spec), what the system observed (status), and the
+//! lifecycle state machine that every state change goes through.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{check_cpu_millis, MAX_MEMORY_MIB};
+
+/// Largest accepted command line, in bytes (all arguments together).
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
+/// Largest accepted disk request, in MiB (1 PiB).
+pub const MAX_DISK_MIB: u64 = 1024 * 1024 * 1024;
+
+/// What runs the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceKind {
+    /// A command in its own cgroup on the node.
+    #[default]
+    Process,
+    /// A QEMU virtual machine.
+    Vm,
+}
+
+impl InstanceKind {
+    /// The driver name that runs this kind.
+    pub fn driver(self) -> &'static str {
+        match self {
+            InstanceKind::Process => "process",
+            InstanceKind::Vm => "qemu",
+        }
+    }
+}
+
+/// What the node does when the instance's process exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Leave it exited.
+    #[default]
+    Never,
+    /// Restart with exponential backoff when it exits non-zero or is killed.
+    OnFailure,
+    /// Restart with exponential backoff whenever it exits.
+    Always,
+}
+
+impl RestartPolicy {
+    /// Whether an exit with this outcome is followed by a restart.
+    pub fn restarts_after(self, success: bool) -> bool {
+        match self {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Always => true,
+        }
+    }
+}
+
+/// The user's request: everything needed to place and run an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    #[serde(default)]
+    pub kind: InstanceKind,
+    /// The command and its arguments (process instances).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables for the command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; defaults to the instance's own directory on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// CPU in millicores (1000 = one core); enforced as a CFS quota.
+    pub cpu_millis: u64,
+    /// Memory in MiB; a hard limit, exceeding it is an OOM kill.
+    pub memory_mib: u64,
+    /// Disk in MiB reserved on the node.
+    #[serde(default)]
+    pub disk_mib: u64,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Higher runs first under the `priority` queue policy.
+    #[serde(default)]
+    pub priority: i32,
+    /// Declared expected runtime in seconds, used by the `sjf` queue policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_runtime_secs: Option<u64>,
+    /// Labels a node must carry (all of them, equal values) to run this instance.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl InstanceSpec {
+    /// Checks the spec for values that can never work, with a message a person can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        check_cpu_millis(self.cpu_millis).map_err(|e| format!("cpu_millis: {e}"))?;
+        if self.memory_mib == 0 {
+            return Err("memory_mib must be at least 1".into());
+        }
+        if self.memory_mib > MAX_MEMORY_MIB {
+            return Err(format!(
+                "memory_mib {} is too large: at most {MAX_MEMORY_MIB} MiB (64 TiB)",
+                self.memory_mib
+            ));
+        }
+        if self.disk_mib > MAX_DISK_MIB {
+            return Err(format!(
+                "disk_mib {} is too large: at most {MAX_DISK_MIB} MiB",
+                self.disk_mib
+            ));
+        }
+        match self.kind {
+            InstanceKind::Process => {
+                if self.command.is_empty() || self.command[0].trim().is_empty() {
+                    return Err(
+                        "command is empty: give the program to run, e.g. -- python3 -m http.server"
+                            .into(),
+                    );
+                }
+            }
+            InstanceKind::Vm => {
+                return Err("kind \"vm\" is not supported by this server yet".into());
+            }
+        }
+        let bytes: usize = self.command.iter().map(|a| a.len() + 1).sum();
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(format!(
+                "command is {bytes} bytes long; at most {MAX_COMMAND_BYTES} are accepted"
+            ));
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err("command arguments must not contain NUL bytes".into());
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(format!("environment variable name {key:?} is invalid"));
+            }
+        }
+        for (k, v) in &self.node_selector {
+            if k.is_empty() {
+                return Err(format!("node_selector has an empty label name (value {v:?})"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Body of `POST /v1/instances`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    pub name: String,
+    pub spec: InstanceSpec,
+}
+
+/// What the user wants the instance to be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    Running,
+    Stopped,
+    Deleted,
+}
+
+/// Observed lifecycle state. See docs/lifecycle.md for the diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Accepted, waiting for a node with room.
+    Pending,
+    /// Assigned to a node; the node has not started it yet.
+    Scheduled,
+    /// The node is starting it (or restarting it after an exit).
+    Starting,
+    /// Its process runs.
+    Running,
+    /// The node is stopping it.
+    Stopping,
+    /// Not running, by request or after a clean exit; holds no resources.
+    Stopped,
+    /// Exited with an error, was killed, or could not start.
+    Failed,
+    /// Gone; only seen in events.
+    Deleted,
+}
+
+impl InstanceState {
+    pub const ALL: [InstanceState; 8] = [
+        InstanceState::Pending,
+        InstanceState::Scheduled,
+        InstanceState::Starting,
+        InstanceState::Running,
+        InstanceState::Stopping,
+        InstanceState::Stopped,
+        InstanceState::Failed,
+        InstanceState::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Scheduled => "scheduled",
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Failed => "failed",
+            InstanceState::Deleted => "deleted",
+        }
+    }
+
+    /// The one table of allowed transitions. Every state change, whether asked for by
+    /// a user, decided by the scheduler or reported by an agent, is checked here.
+    pub fn can_become(self, next: InstanceState) -> bool {
+        use InstanceState::*;
+        matches!(
+            (self, next),
+            (Pending, Scheduled | Stopped | Deleted)
+                | (Scheduled, Starting | Running | Stopping | Stopped | Failed | Pending)
+                | (Starting, Running | Stopping | Stopped | Failed | Pending)
+                | (Running, Starting | Stopping | Stopped | Failed | Pending)
+                | (Stopping, Stopped | Failed | Deleted)
+                | (Stopped, Pending | Deleted)
+                | (Failed, Starting | Running | Stopping | Stopped | Pending | Deleted)
+        )
+    }
+
+    /// Checks a transition, with the message a user sees when it is refused.
+    pub fn transition(self, next: InstanceState) -> Result<InstanceState, TransitionError> {
+        if self == next || self.can_become(next) {
+            Ok(next)
+        } else {
+            Err(TransitionError { from: self, to: next })
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for InstanceState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InstanceState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown state {s:?}: expected one of {}",
+                    InstanceState::ALL.map(|s| s.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+/// A refused state change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot go from {from} to {to}")]
+pub struct TransitionError {
+    pub from: InstanceState,
+    pub to: InstanceState,
+}
+
+/// An instance as the API returns it: spec plus observed status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Instance {
+    pub name: String,
+    pub kind: InstanceKind,
+    pub spec: InstanceSpec,
+    pub state: InstanceState,
+    pub desired: DesiredState,
+    /// Node it is assigned to (or last ran on, when failed).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Bumped each time the instance is assigned to a node; agents ignore and stop
+    /// work whose generation is older than the current one.
+    pub generation: u64,
+    /// Bumped by `restart`; the node restarts the process when it changes.
+    #[serde(default)]
+    pub restart_nonce: u64,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why the instance is in its state: pending reason, exit or failure cause.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// How many times the node restarted it under its restart policy.
+    #[serde(default)]
+    pub restarts: u32,
+    /// True while a failed instance waits for a restart by its restart policy.
+    #[serde(default)]
+    pub will_restart: bool,
+    /// Order of arrival in the queue (monotonic); first-come-first-served uses it.
+    pub queue_seq: u64,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    /// When it last entered the pending queue (unix ms); aging counts from here.
+    pub queued_at_ms: u64,
+    /// Unix milliseconds of the last state change.
+    pub updated_at_ms: u64,
+    /// Store revision of this object (compare-and-swap token).
+    #[serde(default)]
+    pub revision: u64,
+}
+
+impl Instance {
+    /// Whether this instance counts against its node's capacity.
+    pub fn holds_resources(&self) -> bool {
+        use InstanceState::*;
+        self.node.is_some()
+            && match self.state {
+                Scheduled | Starting | Running | Stopping => true,
+                Failed => self.will_restart,
+                Pending | Stopped | Deleted => false,
+            }
+    }
+
+    /// Whether the node should know about this instance at all.
+    pub fn is_assigned(&self) -> bool {
+        self.holds_resources()
+    }
+}

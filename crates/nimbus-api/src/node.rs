@@ -1,0 +1,176 @@
+//! Nodes: registration, capacity, heartbeats carrying observed instance status, and
+//! the assignments an agent pulls.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::{DesiredState, InstanceSpec, InstanceState};
+
+/// An amount of each schedulable resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+}
+
+impl Resources {
+    pub fn saturating_sub(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory_mib: self.memory_mib.saturating_sub(o.memory_mib),
+            disk_mib: self.disk_mib.saturating_sub(o.disk_mib),
+        }
+    }
+
+    pub fn add(self, o: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis + o.cpu_millis,
+            memory_mib: self.memory_mib + o.memory_mib,
+            disk_mib: self.disk_mib + o.disk_mib,
+        }
+    }
+
+    /// Whether `need` fits in `self` in every dimension.
+    pub fn fits(self, need: Resources) -> bool {
+        need.cpu_millis <= self.cpu_millis
+            && need.memory_mib <= self.memory_mib
+            && need.disk_mib <= self.disk_mib
+    }
+}
+
+impl From<&InstanceSpec> for Resources {
+    fn from(s: &InstanceSpec) -> Self {
+        Resources {
+            cpu_millis: s.cpu_millis,
+            memory_mib: s.memory_mib,
+            disk_mib: s.disk_mib,
+        }
+    }
+}
+
+/// Whether a node takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Heartbeating and schedulable.
+    Ready,
+    /// Heartbeats stopped arriving for longer than the down timeout.
+    Down,
+    /// Heartbeating but takes no new instances.
+    Draining,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// Body of `POST /v1/nodes`: an agent introducing itself (idempotent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNode {
+    pub name: String,
+    /// Where the node can be reached by peers, for display.
+    #[serde(default)]
+    pub address: String,
+    pub capacity: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Drivers the node fingerprinted as working (e.g. `process`).
+    #[serde(default)]
+    pub drivers: Vec<String>,
+    /// Free-form facts from fingerprinting (cgroup version, kernel, ...).
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+}
+
+/// A node as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Node {
+    pub name: String,
+    pub address: String,
+    pub capacity: Resources,
+    /// Sum of the resources of instances placed on it (computed on read).
+    #[serde(default)]
+    pub allocated: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<String>,
+    pub facts: BTreeMap<String, String>,
+    pub state: NodeState,
+    /// Unix ms of the last heartbeat.
+    pub last_heartbeat_ms: u64,
+    /// Unix ms of the first registration.
+    pub registered_at_ms: u64,
+    /// Count of instances placed on it (computed on read).
+    #[serde(default)]
+    pub instances: u32,
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// One instance as an agent observes it, carried in heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceReport {
+    pub name: String,
+    /// The generation of the assignment this report is about.
+    pub generation: u64,
+    pub state: InstanceState,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub will_restart: bool,
+    /// Resident memory in bytes, when running.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU time used in nanoseconds, when running.
+    #[serde(default)]
+    pub cpu_usage_ns: Option<u64>,
+}
+
+/// Body of `POST /v1/nodes/{name}/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub instances: Vec<InstanceReport>,
+}
+
+/// One piece of work an agent must run (or stop).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Assignment {
+    pub name: String,
+    pub spec: InstanceSpec,
+    pub generation: u64,
+    pub desired: DesiredState,
+    pub restart_nonce: u64,
+}
+
+/// Answer of `GET /v1/nodes/{name}/assignments`: the full set for that node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Assignments {
+    /// Store revision the set was read at; pass as `index` to wait for the next change.
+    pub index: u64,
+    pub assignments: Vec<Assignment>,
+}
+
+/// Body of `POST /v1/instances/{name}/logs`: a chunk of output shipped by an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogChunk {
+    pub generation: u64,
+    /// Byte offset of `data` in the node's log file; lets the server drop duplicates.
+    pub offset: u64,
+    pub data: String,
+}
