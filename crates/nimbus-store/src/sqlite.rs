@@ -1,0 +1,341 @@
+//! SQLite backend: one file in the data directory, WAL journal, `synchronous = FULL`,
+//! so every write is on disk before the call returns.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::{EventRecord, Record, Result, Store, StoreError};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
+"#;
+
+/// Keep at most this many events; older ones are trimmed on append.
+const MAX_EVENTS: u64 = 100_000;
+
+/// The embedded store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    revision_tx: tokio::sync::watch::Sender<u64>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        let rev: i64 = conn
+            .query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
+        let (revision_tx, _) = tokio::sync::watch::channel(rev as u64);
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            revision_tx,
+        })
+    }
+
+    /// Runs `f` in one immediate transaction that bumps the global revision, and
+    /// publishes the new revision after the commit.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<T>,
+    ) -> Result<(T, u64)> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let rev: i64 = tx
+            .query_row(
+                "UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let out = f(&tx, rev as u64)?;
+        tx.commit().map_err(backend)?;
+        drop(conn);
+        self.revision_tx.send_replace(rev as u64);
+        Ok((out, rev as u64))
+    }
+
+    fn current(tx: &rusqlite::Transaction<'_>, kind: &str, key: &str) -> Result<Option<u64>> {
+        tx.query_row(
+            "SELECT revision FROM objects WHERE kind = ?1 AND key = ?2",
+            params![kind, key],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map(|o| o.map(|v| v as u64))
+        .map_err(backend)
+    }
+}
+
+impl Store for SqliteStore {
+    fn revision(&self) -> Result<u64> {
+        Ok(*self.revision_tx.borrow())
+    }
+
+    fn get(&self, kind: &str, key: &str) -> Result<Option<Record>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.query_row(
+            "SELECT value, revision FROM objects WHERE kind = ?1 AND key = ?2",
+            params![kind, key],
+            |r| {
+                Ok(Record {
+                    key: key.to_string(),
+                    value: r.get(0)?,
+                    revision: r.get::<_, i64>(1)? as u64,
+                })
+            },
+        )
+        .optional()
+        .map_err(backend)
+    }
+
+    fn list(&self, kind: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key, value, revision FROM objects WHERE kind = ?1 AND key > ?2 \
+                 ORDER BY key LIMIT ?3",
+            )
+            .map_err(backend)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![kind, after.unwrap_or(""), limit], |r| {
+                Ok(Record {
+                    key: r.get(0)?,
+                    value: r.get(1)?,
+                    revision: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+    }
+
+    fn create(&self, kind: &str, key: &str, value: &str) -> Result<u64> {
+        self.write(|tx, rev| {
+            if Self::current(tx, kind, key)?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    kind: kind.into(),
+                    key: key.into(),
+                });
+            }
+            tx.execute(
+                "INSERT INTO objects (kind, key, value, revision) VALUES (?1, ?2, ?3, ?4)",
+                params![kind, key, value, rev as i64],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .map(|(_, rev)| rev)
+    }
+
+    fn update(&self, kind: &str, key: &str, value: &str, expected: u64) -> Result<u64> {
+        self.write(|tx, rev| {
+            match Self::current(tx, kind, key)? {
+                None => {
+                    return Err(StoreError::NotFound {
+                        kind: kind.into(),
+                        key: key.into(),
+                    })
+                }
+                Some(found) if found != expected => {
+                    return Err(StoreError::Conflict {
+                        kind: kind.into(),
+                        key: key.into(),
+                        expected,
+                        found,
+                    })
+                }
+                Some(_) => {}
+            }
+            tx.execute(
+                "UPDATE objects SET value = ?3, revision = ?4 WHERE kind = ?1 AND key = ?2",
+                params![kind, key, value, rev as i64],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .map(|(_, rev)| rev)
+    }
+
+    fn delete(&self, kind: &str, key: &str, expected: u64) -> Result<u64> {
+        self.write(|tx, _| {
+            match Self::current(tx, kind, key)? {
+                None => {
+                    return Err(StoreError::NotFound {
+                        kind: kind.into(),
+                        key: key.into(),
+                    })
+                }
+                Some(found) if found != expected => {
+                    return Err(StoreError::Conflict {
+                        kind: kind.into(),
+                        key: key.into(),
+                        expected,
+                        found,
+                    })
+                }
+                Some(_) => {}
+            }
+            tx.execute(
+                "DELETE FROM objects WHERE kind = ?1 AND key = ?2",
+                params![kind, key],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .map(|(_, rev)| rev)
+    }
+
+    fn next_sequence(&self, name: &str) -> Result<u64> {
+        let meta_name = format!("seq:{name}");
+        self.write(|tx, _| {
+            tx.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES (?1, 0)",
+                params![meta_name],
+            )
+            .map_err(backend)?;
+            tx.query_row(
+                "UPDATE meta SET value = value + 1 WHERE name = ?1 RETURNING value",
+                params![meta_name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+            .map_err(backend)
+        })
+        .map(|(v, _)| v)
+    }
+
+    fn append_event(&self, value: &str) -> Result<u64> {
+        self.write(|tx, _| {
+            tx.execute("INSERT INTO events (value) VALUES (?1)", params![value])
+                .map_err(backend)?;
+            let seq = tx.last_insert_rowid() as u64;
+            if seq > MAX_EVENTS && seq % 1000 == 0 {
+                tx.execute(
+                    "DELETE FROM events WHERE seq <= ?1",
+                    params![(seq - MAX_EVENTS) as i64],
+                )
+                .map_err(backend)?;
+            }
+            Ok(seq)
+        })
+        .map(|(seq, _)| seq)
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare_cached("SELECT seq, value FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(backend)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![after as i64, limit], |r| {
+                Ok(EventRecord {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    value: r.get(1)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision_tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn create_get_update_delete_with_cas() {
+        let (_d, s) = open();
+        let r1 = s.create("instance", "a", "{\"v\":1}").unwrap();
+        assert!(matches!(
+            s.create("instance", "a", "{}"),
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        let got = s.get("instance", "a").unwrap().unwrap();
+        assert_eq!(got.revision, r1);
+        let r2 = s.update("instance", "a", "{\"v\":2}", r1).unwrap();
+        assert!(r2 > r1);
+        assert!(matches!(
+            s.update("instance", "a", "{\"v\":3}", r1),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.get("instance", "a").unwrap().unwrap().value, "{\"v\":2}");
+        assert!(matches!(
+            s.delete("instance", "a", r1),
+            Err(StoreError::Conflict { .. })
+        ));
+        s.delete("instance", "a", r2).unwrap();
+        assert!(s.get("instance", "a").unwrap().is_none());
+    }
+
+    #[test]
+    fn list_paginates_in_key_order() {
+        let (_d, s) = open();
+        for k in ["c", "a", "b", "d"] {
+            s.create("node", k, "{}").unwrap();
+        }
+        s.create("instance", "z", "{}").unwrap();
+        let p1 = s.list("node", None, 2).unwrap();
+        assert_eq!(p1.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let p2 = s.list("node", Some("b"), 10).unwrap();
+        assert_eq!(p2.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+    }
+
+    #[test]
+    fn survives_reopen_and_publishes_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            let rx = s.subscribe();
+            s.create("instance", "a", "1").unwrap();
+            assert_eq!(*rx.borrow(), s.revision().unwrap());
+            assert_eq!(s.next_sequence("queue").unwrap(), 1);
+            assert_eq!(s.next_sequence("queue").unwrap(), 2);
+            s.append_event("e1").unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.get("instance", "a").unwrap().is_some());
+        assert_eq!(s.next_sequence("queue").unwrap(), 3);
+        assert_eq!(s.revision().unwrap(), 5);
+        assert_eq!(s.events_after(0, 10).unwrap()[0].value, "e1");
+    }
+}
