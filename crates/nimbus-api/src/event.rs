@@ -16,3 +16,11 @@ pub struct Event {
     pub object: String,
     pub message: String,
 }
+
+/// One page of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub items: Vec<Event>,
+    /// The highest sequence number returned (or the `after` given); pass as `after` to follow.
+    pub last: u64,
+}

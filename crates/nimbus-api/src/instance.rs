@@ -13,7 +13,9 @@ pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
 pub const MAX_DISK_MIB: u64 = 1024 * 1024 * 1024;
 
 /// What runs the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceKind {
     /// A command in its own cgroup on the node.
@@ -140,7 +142,9 @@ impl InstanceSpec {
         }
         for (k, v) in &self.node_selector {
             if k.is_empty() {
-                return Err(format!("node_selector has an empty label name (value {v:?})"));
+                return Err(format!(
+                    "node_selector has an empty label name (value {v:?})"
+                ));
             }
         }
         Ok(())
@@ -165,7 +169,19 @@ pub enum DesiredState {
 }
 
 /// Observed lifecycle state. See docs/lifecycle.md for the diagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
     /// Accepted, waiting for a node with room.
@@ -218,12 +234,18 @@ impl InstanceState {
         matches!(
             (self, next),
             (Pending, Scheduled | Stopped | Deleted)
-                | (Scheduled, Starting | Running | Stopping | Stopped | Failed | Pending)
+                | (
+                    Scheduled,
+                    Starting | Running | Stopping | Stopped | Failed | Pending
+                )
                 | (Starting, Running | Stopping | Stopped | Failed | Pending)
                 | (Running, Starting | Stopping | Stopped | Failed | Pending)
                 | (Stopping, Stopped | Failed | Deleted)
                 | (Stopped, Pending | Deleted)
-                | (Failed, Starting | Running | Stopping | Stopped | Pending | Deleted)
+                | (
+                    Failed,
+                    Starting | Running | Stopping | Stopped | Pending | Deleted
+                )
         )
     }
 
@@ -232,7 +254,10 @@ impl InstanceState {
         if self == next || self.can_become(next) {
             Ok(next)
         } else {
-            Err(TransitionError { from: self, to: next })
+            Err(TransitionError {
+                from: self,
+                to: next,
+            })
         }
     }
 }
@@ -325,4 +350,13 @@ impl Instance {
     pub fn is_assigned(&self) -> bool {
         self.holds_resources()
     }
+}
+
+/// One page of `GET /v1/instances`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceList {
+    pub items: Vec<Instance>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }

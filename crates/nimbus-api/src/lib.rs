@@ -16,26 +16,18 @@ pub mod specfile;
 pub mod units;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
-pub use event::Event;
+pub use event::{Event, EventList};
 pub use instance::{
-    CreateInstance, DesiredState, Instance, InstanceKind, InstanceSpec, InstanceState,
-    RestartPolicy, TransitionError,
+    CreateInstance, DesiredState, Instance, InstanceKind, InstanceList, InstanceSpec,
+    InstanceState, RestartPolicy, TransitionError,
 };
 pub use node::{
-    Assignment, Assignments, Heartbeat, InstanceReport, Node, NodeState, RegisterNode, Resources,
+    Assignment, Assignments, Heartbeat, InstanceReport, Node, NodeList, NodeState, RegisterNode,
+    Resources,
 };
 
 /// Default address of the API server.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8470";
-
-/// A page of a list endpoint: the items and the cursor for the next page, if any.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Pass as `after` to get the next page; absent on the last page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
 
 /// Checks a client-chosen name: 1 to 63 characters of `a-z`, `0-9` and `-`,
 /// starting with a letter and not ending with `-` (a DNS label).

@@ -166,11 +166,11 @@ pub struct Assignments {
     pub assignments: Vec<Assignment>,
 }
 
-/// Body of `POST /v1/instances/{name}/logs`: a chunk of output shipped by an agent.
+/// One page of `GET /v1/nodes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct LogChunk {
-    pub generation: u64,
-    /// Byte offset of `data` in the node's log file; lets the server drop duplicates.
-    pub offset: u64,
-    pub data: String,
+pub struct NodeList {
+    pub items: Vec<Node>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }

@@ -96,10 +96,7 @@ impl InstanceEntry {
 /// Parses spec file text. Errors name the file, line and column.
 pub fn parse_spec_file(path: &str, text: &str) -> Result<Vec<CreateInstance>, String> {
     let file: SpecFile = toml::from_str(text).map_err(|e| {
-        let (line, col) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or((1, 1));
+        let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         format!("{path}:{line}:{col}: {}", e.message())
     })?;
     if file.instance.is_empty() {

@@ -13,7 +13,9 @@ pub fn parse_memory_mib(input: &str) -> Result<u64, String> {
         return Err("memory size is empty: give a size like 64Mi or 2Gi".into());
     }
     if s.starts_with('-') {
-        return Err(format!("memory size {input:?} is negative: give a size like 64Mi or 2Gi"));
+        return Err(format!(
+            "memory size {input:?} is negative: give a size like 64Mi or 2Gi"
+        ));
     }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -57,7 +59,9 @@ pub fn parse_memory_mib(input: &str) -> Result<u64, String> {
 pub fn parse_cpu_millis(input: &str) -> Result<u64, String> {
     let s = input.trim();
     if s.starts_with('-') {
-        return Err(format!("cpu {input:?} is negative: give cores like 0.5 or 2"));
+        return Err(format!(
+            "cpu {input:?} is negative: give cores like 0.5 or 2"
+        ));
     }
     let millis = if let Some(m) = s.strip_suffix('m') {
         m.parse::<u64>()
@@ -129,7 +133,9 @@ mod tests {
         assert!(parse_memory_mib("-1").unwrap_err().contains("negative"));
         assert!(parse_memory_mib("10Pi").unwrap_err().contains("too large"));
         assert!(parse_memory_mib("abc").is_err());
-        assert!(parse_memory_mib("5Xi").unwrap_err().contains("unknown unit"));
+        assert!(parse_memory_mib("5Xi")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_memory_mib("0").is_err());
         assert!(parse_memory_mib("").is_err());
     }

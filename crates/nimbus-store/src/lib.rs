@@ -40,7 +40,9 @@ pub enum StoreError {
     #[error("{kind} {key:?} not found")]
     NotFound { kind: String, key: String },
     /// Compare-and-swap failed: the object changed since it was read.
-    #[error("{kind} {key:?} was changed concurrently (expected revision {expected}, found {found})")]
+    #[error(
+        "{kind} {key:?} was changed concurrently (expected revision {expected}, found {found})"
+    )]
     Conflict {
         kind: String,
         key: String,

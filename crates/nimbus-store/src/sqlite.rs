@@ -314,9 +314,15 @@ mod tests {
         }
         s.create("instance", "z", "{}").unwrap();
         let p1 = s.list("node", None, 2).unwrap();
-        assert_eq!(p1.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            p1.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         let p2 = s.list("node", Some("b"), 10).unwrap();
-        assert_eq!(p2.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+        assert_eq!(
+            p2.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["c", "d"]
+        );
     }
 
     #[test]

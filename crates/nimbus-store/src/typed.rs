@@ -30,8 +30,13 @@ pub trait TypedStore {
         limit: usize,
     ) -> Result<Vec<(T, u64)>>;
     fn create_typed<T: Serialize>(&self, kind: &str, key: &str, v: &T) -> Result<u64>;
-    fn update_typed<T: Serialize>(&self, kind: &str, key: &str, v: &T, expected: u64)
-        -> Result<u64>;
+    fn update_typed<T: Serialize>(
+        &self,
+        kind: &str,
+        key: &str,
+        v: &T,
+        expected: u64,
+    ) -> Result<u64>;
 }
 
 impl<S: Store + ?Sized> TypedStore for S {

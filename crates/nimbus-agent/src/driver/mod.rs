@@ -2,6 +2,7 @@
 //! [`process::ProcessDriver`] (real: cgroups + a supervising shim) and
 //! [`sim::SimDriver`] (in-memory, for tests and benchmarks at scale).
 
+pub(crate) mod cgroup;
 pub mod process;
 pub mod sim;
 

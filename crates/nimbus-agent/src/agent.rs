@@ -1,0 +1,647 @@
+//! The agent loop: register, long-poll assignments, reconcile them against local tasks
+//! through the drivers, heartbeat observed state, ship logs.
+//!
+//! Every task the agent runs has a record in `<data-dir>/tasks/<name>.json` (driver
+//! handle, generation, restart count), so an agent killed with `kill -9` and started
+//! again re-adopts what still runs and reports what ended meanwhile.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nimbus_api::{
+    Assignment, DesiredState, Heartbeat, InstanceReport, InstanceSpec, InstanceState, RegisterNode,
+    Resources,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::client::ServerClient;
+use crate::driver::process::ProcessDriver;
+use crate::driver::sim::SimDriver;
+use crate::driver::{Driver, ExitStatus, TaskConfig, TaskHandle, TaskState, LOG_FILE};
+
+/// Which drivers the agent runs instances with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverMode {
+    /// Real processes in cgroups.
+    Real,
+    /// Simulated tasks (no processes), for tests and benchmarks at scale.
+    Sim,
+}
+
+/// How to run an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub name: String,
+    pub address: String,
+    pub data_dir: PathBuf,
+    /// Capacity overrides; detected when absent.
+    pub cpu_millis: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_every: Duration,
+    /// How long a stopping task gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    pub drivers: DriverMode,
+}
+
+/// Errors that end the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no usable driver on this node: {0}")]
+    NoDriver(String),
+}
+
+/// First restart waits this long; each consecutive failure doubles it.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A task that ran at least this long resets the backoff.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+/// Most log bytes shipped per instance per heartbeat.
+const LOG_CHUNK: u64 = 512 * 1024;
+
+/// What the agent remembers about one task; persisted across agent restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TaskRecord {
+    name: String,
+    generation: u64,
+    restart_nonce: u64,
+    spec: InstanceSpec,
+    handle: Option<TaskHandle>,
+    state: InstanceState,
+    exit: Option<ExitStatus>,
+    reason: Option<String>,
+    restarts: u32,
+    consecutive_failures: u32,
+    will_restart: bool,
+    /// Bytes of the log already shipped to the server.
+    log_offset: u64,
+    #[serde(skip)]
+    restart_at: Option<Instant>,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    drivers: HashMap<&'static str, Arc<dyn Driver>>,
+    tasks: Mutex<BTreeMap<String, TaskRecord>>,
+    /// The latest assignments from the server (None until the first answer).
+    assignments: Mutex<Option<Vec<Assignment>>>,
+    /// Wakes the reconciler (new assignments).
+    reconcile_now: Notify,
+    /// Wakes the heartbeat (observed state changed).
+    report_now: Notify,
+}
+
+fn tasks_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tasks")
+}
+
+fn instance_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("instances").join(name)
+}
+
+impl Agent {
+    fn driver_for(&self, spec: &InstanceSpec) -> Option<Arc<dyn Driver>> {
+        self.drivers.get(spec.kind.driver()).cloned()
+    }
+
+    fn persist(&self, rec: &TaskRecord) {
+        let dir = tasks_dir(&self.cfg.data_dir);
+        let path = dir.join(format!("{}.json", rec.name));
+        let tmp = dir.join(format!(".{}.json.tmp", rec.name));
+        let res = serde_json::to_vec_pretty(rec)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            });
+        if let Err(e) = res {
+            tracing::error!(task = %rec.name, error = %e, "cannot persist task record");
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        let _ = std::fs::remove_file(tasks_dir(&self.cfg.data_dir).join(format!("{name}.json")));
+        let _ = std::fs::remove_dir_all(instance_dir(&self.cfg.data_dir, name));
+    }
+
+    /// Loads task records left by an earlier agent process and re-attaches to them.
+    fn recover(&self) {
+        let dir = tasks_dir(&self.cfg.data_dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let rec: TaskRecord = match std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                Some(r) => r,
+                None => {
+                    tracing::warn!(path = %path.display(), "unreadable task record, ignored");
+                    continue;
+                }
+            };
+            let mut rec = rec;
+            if let (Some(handle), Some(driver)) = (rec.handle.clone(), self.driver_for(&rec.spec)) {
+                match driver.recover(&handle) {
+                    Ok(true) => {
+                        tracing::info!(task = %rec.name, pid = handle.pid, "re-adopted task");
+                        rec.started = Some(Instant::now());
+                    }
+                    Ok(false) | Err(_) => {
+                        tracing::warn!(task = %rec.name, "task vanished while the agent was down");
+                        rec.handle = None;
+                        if matches!(rec.state, InstanceState::Running | InstanceState::Starting) {
+                            let exit = ExitStatus {
+                                code: None,
+                                signal: None,
+                                oom_killed: false,
+                                reason: "process vanished while the agent was down".into(),
+                            };
+                            self.on_exit(&mut rec, exit);
+                        }
+                    }
+                }
+            }
+            tasks.insert(rec.name.clone(), rec);
+        }
+    }
+
+    /// Records how a task ended and decides whether it restarts.
+    fn on_exit(&self, rec: &mut TaskRecord, exit: ExitStatus) {
+        if let (Some(h), Some(d)) = (rec.handle.take(), self.driver_for(&rec.spec)) {
+            if let Err(e) = d.destroy(&h) {
+                tracing::warn!(task = %rec.name, error = %e, "destroy after exit failed");
+            }
+        }
+        let success = exit.success();
+        let ran_long = rec
+            .started
+            .is_some_and(|s| s.elapsed() >= BACKOFF_RESET_AFTER);
+        if ran_long {
+            rec.consecutive_failures = 0;
+        }
+        if rec.spec.restart.restarts_after(success) {
+            let delay = BACKOFF_BASE
+                .saturating_mul(1u32 << rec.consecutive_failures.min(10))
+                .min(BACKOFF_MAX);
+            rec.consecutive_failures += 1;
+            rec.restart_at = Some(Instant::now() + delay);
+            rec.will_restart = true;
+            rec.state = InstanceState::Failed;
+            rec.reason = Some(format!(
+                "{}; restarting in {:.0}s",
+                exit.reason,
+                delay.as_secs_f64()
+            ));
+        } else {
+            rec.will_restart = false;
+            rec.state = if success {
+                InstanceState::Stopped
+            } else {
+                InstanceState::Failed
+            };
+            rec.reason = Some(exit.reason.clone());
+        }
+        rec.exit = Some(exit);
+        tracing::info!(task = %rec.name, state = %rec.state, reason = ?rec.reason, "task exited");
+    }
+
+    /// Starts (or restarts) a task's process.
+    fn start_task(&self, rec: &mut TaskRecord) {
+        let Some(driver) = self.driver_for(&rec.spec) else {
+            rec.state = InstanceState::Failed;
+            rec.will_restart = false;
+            rec.reason = Some(format!(
+                "this node has no working {} driver",
+                rec.spec.kind.driver()
+            ));
+            return;
+        };
+        let dir = instance_dir(&self.cfg.data_dir, &rec.name);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            rec.state = InstanceState::Failed;
+            rec.reason = Some(format!("cannot create {}: {e}", dir.display()));
+            return;
+        }
+        let cfg = TaskConfig {
+            name: rec.name.clone(),
+            generation: rec.generation,
+            spec: rec.spec.clone(),
+            dir,
+        };
+        rec.exit = None;
+        match driver.start(&cfg) {
+            Ok(handle) => {
+                rec.handle = Some(handle);
+                rec.state = InstanceState::Running;
+                rec.will_restart = false;
+                rec.reason = None;
+                rec.started = Some(Instant::now());
+            }
+            Err(e) => {
+                let exit = ExitStatus {
+                    code: None,
+                    signal: None,
+                    oom_killed: false,
+                    reason: e.to_string(),
+                };
+                self.on_exit(rec, exit);
+            }
+        }
+    }
+
+    /// Stops a task's process (SIGTERM, then SIGKILL after the grace period).
+    fn stop_task(&self, rec: &mut TaskRecord, why: &str) {
+        if let (Some(h), Some(d)) = (rec.handle.take(), self.driver_for(&rec.spec)) {
+            if let Err(e) = d.stop(&h, self.cfg.stop_grace) {
+                tracing::warn!(task = %rec.name, error = %e, "stop failed");
+            }
+            if let Ok(TaskState::Exited(exit)) = d.status(&h) {
+                rec.exit = Some(exit);
+            }
+            if let Err(e) = d.destroy(&h) {
+                tracing::warn!(task = %rec.name, error = %e, "destroy failed");
+            }
+        }
+        rec.state = InstanceState::Stopped;
+        rec.will_restart = false;
+        rec.restart_at = None;
+        rec.reason = Some(why.to_string());
+    }
+
+    fn new_record(&self, a: &Assignment) -> TaskRecord {
+        // A fresh placement starts a fresh log.
+        let dir = instance_dir(&self.cfg.data_dir, &a.name);
+        let _ = std::fs::remove_file(dir.join(LOG_FILE));
+        TaskRecord {
+            name: a.name.clone(),
+            generation: a.generation,
+            restart_nonce: a.restart_nonce,
+            spec: a.spec.clone(),
+            handle: None,
+            state: InstanceState::Starting,
+            exit: None,
+            reason: None,
+            restarts: 0,
+            consecutive_failures: 0,
+            will_restart: false,
+            log_offset: 0,
+            restart_at: None,
+            started: None,
+        }
+    }
+
+    /// One pass: make local tasks match the assignments. Returns true if any observed
+    /// state changed.
+    fn reconcile(&self) -> bool {
+        let Some(assignments) = self
+            .assignments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return false;
+        };
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        let wanted: BTreeMap<&str, &Assignment> =
+            assignments.iter().map(|a| (a.name.as_str(), a)).collect();
+
+        // Tasks no longer assigned here (deleted, or moved away): stop and forget them.
+        let gone: Vec<String> = tasks
+            .keys()
+            .filter(|n| !wanted.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(mut rec) = tasks.remove(&name) {
+                self.stop_task(&mut rec, "no longer assigned to this node");
+                self.forget(&name);
+                changed = true;
+            }
+        }
+
+        for a in &assignments {
+            let before = tasks
+                .get(&a.name)
+                .map(|r| (r.state, r.restarts, r.will_restart));
+            // An older placement of the same name: replace it.
+            if tasks
+                .get(&a.name)
+                .is_some_and(|r| r.generation != a.generation)
+            {
+                if let Some(mut old) = tasks.remove(&a.name) {
+                    self.stop_task(&mut old, "replaced by a newer placement");
+                }
+            }
+            match a.desired {
+                DesiredState::Running => {
+                    let rec = tasks
+                        .entry(a.name.clone())
+                        .or_insert_with(|| self.new_record(a));
+                    if rec.handle.is_none() && rec.state == InstanceState::Starting {
+                        self.start_task(rec);
+                    } else if rec.restart_nonce != a.restart_nonce {
+                        rec.restart_nonce = a.restart_nonce;
+                        self.stop_task(rec, "restart requested");
+                        rec.state = InstanceState::Starting;
+                        self.start_task(rec);
+                    } else if let Some(h) = rec.handle.clone() {
+                        if let Some(d) = self.driver_for(&rec.spec) {
+                            match d.status(&h) {
+                                Ok(TaskState::Running) => {}
+                                Ok(TaskState::Exited(exit)) => self.on_exit(rec, exit),
+                                Err(e) => {
+                                    tracing::warn!(task = %rec.name, error = %e, "status failed")
+                                }
+                            }
+                        }
+                    } else if rec.will_restart && rec.restart_at.is_none_or(|t| Instant::now() >= t)
+                    {
+                        rec.restarts += 1;
+                        rec.state = InstanceState::Starting;
+                        self.start_task(rec);
+                    }
+                }
+                DesiredState::Stopped | DesiredState::Deleted => {
+                    let why = if a.desired == DesiredState::Deleted {
+                        "deleted by request"
+                    } else {
+                        "stopped by request"
+                    };
+                    match tasks.get_mut(&a.name) {
+                        Some(rec) if rec.state != InstanceState::Stopped => {
+                            self.stop_task(rec, why)
+                        }
+                        Some(_) => {}
+                        None => {
+                            let mut rec = self.new_record(a);
+                            rec.state = InstanceState::Stopped;
+                            rec.reason = Some(why.into());
+                            tasks.insert(a.name.clone(), rec);
+                        }
+                    }
+                }
+            }
+            if let Some(rec) = tasks.get(&a.name) {
+                if before != Some((rec.state, rec.restarts, rec.will_restart)) {
+                    changed = true;
+                    self.persist(rec);
+                }
+            }
+        }
+        changed
+    }
+
+    /// Builds the heartbeat from local tasks.
+    fn reports(&self) -> Heartbeat {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let instances = tasks
+            .values()
+            .map(|rec| {
+                let stats = rec
+                    .handle
+                    .as_ref()
+                    .and_then(|h| self.driver_for(&rec.spec).and_then(|d| d.stats(h).ok()));
+                InstanceReport {
+                    name: rec.name.clone(),
+                    generation: rec.generation,
+                    state: rec.state,
+                    pid: rec
+                        .handle
+                        .as_ref()
+                        .and_then(|h| h.child_pid.or(Some(h.pid))),
+                    exit_code: rec.exit.as_ref().and_then(|e| e.code),
+                    reason: rec.reason.clone(),
+                    restarts: rec.restarts,
+                    will_restart: rec.will_restart,
+                    memory_bytes: stats.as_ref().map(|s| s.memory_bytes),
+                    cpu_usage_ns: stats.as_ref().map(|s| s.cpu_usage_ns),
+                }
+            })
+            .collect();
+        Heartbeat { instances }
+    }
+
+    /// New log bytes of each task: (name, generation, offset, bytes).
+    fn pending_logs(&self) -> Vec<(String, u64, u64, Vec<u8>)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for rec in tasks.values() {
+            let path = instance_dir(&self.cfg.data_dir, &rec.name).join(LOG_FILE);
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                continue;
+            };
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len <= rec.log_offset {
+                continue;
+            }
+            let n = (len - rec.log_offset).min(LOG_CHUNK);
+            let mut buf = vec![0; n as usize];
+            if f.seek(SeekFrom::Start(rec.log_offset)).is_ok() && f.read_exact(&mut buf).is_ok() {
+                out.push((rec.name.clone(), rec.generation, rec.log_offset, buf));
+            }
+        }
+        out
+    }
+
+    fn logs_shipped(&self, name: &str, generation: u64, new_offset: u64) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rec) = tasks.get_mut(name) {
+            if rec.generation == generation && rec.log_offset < new_offset {
+                rec.log_offset = new_offset;
+                self.persist(rec);
+            }
+        }
+    }
+}
+
+fn build_drivers(cfg: &AgentConfig) -> HashMap<&'static str, Arc<dyn Driver>> {
+    let mut drivers: HashMap<&'static str, Arc<dyn Driver>> = HashMap::new();
+    match cfg.drivers {
+        DriverMode::Sim => {
+            drivers.insert("process", Arc::new(SimDriver::new()));
+        }
+        DriverMode::Real => match ProcessDriver::default_shim_cmd() {
+            Ok(shim) => {
+                let d = ProcessDriver::new(cfg.data_dir.join("instances"), shim);
+                if d.fingerprint().available {
+                    drivers.insert("process", Arc::new(d));
+                } else {
+                    tracing::warn!("process driver unavailable (no usable cgroup hierarchy)");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "process driver unavailable"),
+        },
+    }
+    drivers
+}
+
+/// Runs the agent until the process ends.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    for dir in [
+        cfg.data_dir.clone(),
+        tasks_dir(&cfg.data_dir),
+        cfg.data_dir.join("instances"),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let drivers = build_drivers(&cfg);
+    if drivers.is_empty() {
+        return Err(AgentError::NoDriver(
+            "the process driver needs a writable cgroup hierarchy (run as root)".into(),
+        ));
+    }
+    let detected = crate::capacity::detect(&cfg.data_dir);
+    let capacity = Resources {
+        cpu_millis: cfg.cpu_millis.unwrap_or(detected.cpu_millis),
+        memory_mib: cfg.memory_mib.unwrap_or(detected.memory_mib),
+        disk_mib: cfg.disk_mib.unwrap_or(detected.disk_mib),
+    };
+    let mut facts = BTreeMap::new();
+    let mut driver_names: Vec<String> = Vec::new();
+    for (name, d) in &drivers {
+        driver_names.push(name.to_string());
+        facts.extend(d.fingerprint().facts);
+    }
+    driver_names.sort();
+    let registration = RegisterNode {
+        name: cfg.name.clone(),
+        address: cfg.address.clone(),
+        capacity,
+        labels: cfg.labels.clone(),
+        drivers: driver_names,
+        facts,
+    };
+
+    let agent = Arc::new(Agent {
+        cfg: cfg.clone(),
+        drivers,
+        tasks: Mutex::new(BTreeMap::new()),
+        assignments: Mutex::new(None),
+        reconcile_now: Notify::new(),
+        report_now: Notify::new(),
+    });
+    {
+        let a = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || a.recover()).await;
+    }
+
+    let client = Arc::new(ServerClient::new(&cfg.server));
+    // Register, retrying until the server answers.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match client.register(&registration).await {
+            Ok(node) => {
+                tracing::info!(node = %node.name, server = %cfg.server, "registered");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "registration failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    tokio::spawn(poll_assignments(
+        agent.clone(),
+        client.clone(),
+        registration.clone(),
+    ));
+    tokio::spawn(heartbeat_loop(agent.clone(), client.clone(), registration));
+
+    // The reconciler: on new assignments, and twice a second to watch tasks.
+    loop {
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), agent.reconcile_now.notified()).await;
+        let a = agent.clone();
+        if let Ok(true) = tokio::task::spawn_blocking(move || a.reconcile()).await {
+            agent.report_now.notify_one();
+        }
+    }
+}
+
+async fn poll_assignments(agent: Arc<Agent>, client: Arc<ServerClient>, reg: RegisterNode) {
+    let mut index = None;
+    loop {
+        match client
+            .assignments(&reg.name, index, Duration::from_secs(30))
+            .await
+        {
+            Ok(set) => {
+                index = Some(set.index);
+                *agent.assignments.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(set.assignments);
+                agent.reconcile_now.notify_one();
+            }
+            Err(crate::client::ClientError::Api { status: 404, .. }) => {
+                // The server forgot us (fresh store): register again.
+                let _ = client.register(&reg).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "assignments poll failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(agent: Arc<Agent>, client: Arc<ServerClient>, reg: RegisterNode) {
+    loop {
+        let _ = tokio::time::timeout(agent.cfg.heartbeat_every, agent.report_now.notified()).await;
+        let a = agent.clone();
+        let Ok((hb, logs)) =
+            tokio::task::spawn_blocking(move || (a.reports(), a.pending_logs())).await
+        else {
+            continue;
+        };
+        // Output first, so a task's last words reach the server before its exit does.
+        for (name, generation, offset, bytes) in logs {
+            let n = bytes.len() as u64;
+            match client.ship_logs(&name, generation, offset, bytes).await {
+                Ok(()) => {
+                    let a = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        a.logs_shipped(&name, generation, offset + n)
+                    })
+                    .await;
+                }
+                Err(e) => tracing::debug!(instance = %name, error = %e, "log shipping failed"),
+            }
+        }
+        match client.heartbeat(&reg.name, &hb).await {
+            Ok(()) => {}
+            Err(crate::client::ClientError::Api { status: 404, .. }) => {
+                let _ = client.register(&reg).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! HTTP client for the agent side of the API: register, heartbeat, assignments, logs.
+
+use std::time::Duration;
+
+use nimbus_api::{Assignments, ErrorBody, Heartbeat, Node, RegisterNode};
+
+/// Errors talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the server at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("server answered {status}: {message}")]
+    Api { status: u16, message: String },
+}
+
+pub struct ServerClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ServerClient {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        ServerClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
+    async fn check(url: &str, resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error.message)
+            .unwrap_or(text);
+        let _ = url;
+        Err(ClientError::Api { status, message })
+    }
+
+    fn transport(url: &str) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
+        move |source| ClientError::Transport {
+            url: url.to_string(),
+            source,
+        }
+    }
+
+    pub async fn register(&self, req: &RegisterNode) -> Result<Node, ClientError> {
+        let url = format!("{}/v1/nodes", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(10))
+            .json(req)
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Self::check(&url, resp)
+            .await?
+            .json()
+            .await
+            .map_err(Self::transport(&url))
+    }
+
+    pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<(), ClientError> {
+        let url = format!("{}/v1/nodes/{node}/heartbeat", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(10))
+            .json(hb)
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Self::check(&url, resp).await.map(|_| ())
+    }
+
+    /// Long-polls the node's assignments: answers when they changed past `index`.
+    pub async fn assignments(
+        &self,
+        node: &str,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<Assignments, ClientError> {
+        let mut url = format!(
+            "{}/v1/nodes/{node}/assignments?wait_secs={}",
+            self.base,
+            wait.as_secs()
+        );
+        if let Some(i) = index {
+            url.push_str(&format!("&index={i}"));
+        }
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(wait + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Self::check(&url, resp)
+            .await?
+            .json()
+            .await
+            .map_err(Self::transport(&url))
+    }
+
+    pub async fn ship_logs(
+        &self,
+        instance: &str,
+        generation: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let url = format!(
+            "{}/v1/instances/{instance}/logs?generation={generation}&offset={offset}",
+            self.base
+        );
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(10))
+            .header("content-type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Self::check(&url, resp).await.map(|_| ())
+    }
+}

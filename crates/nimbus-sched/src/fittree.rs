@@ -1,0 +1,298 @@
+//! Best-/worst-fit index: a treap ordered by free (memory, cpu, node) with subtree max cpu/disk.
+
+use std::cmp::Ordering;
+
+const NIL: u32 = u32::MAX;
+
+/// Sort key of an entry: free memory, free cpu, node index.
+pub(crate) type Key = (u64, u64, usize);
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: Key,
+    disk: u64,
+    prio: u64,
+    left: u32,
+    right: u32,
+    /// Maximum free cpu / disk over this entry's subtree.
+    max_cpu: u64,
+    max_disk: u64,
+    linked: bool,
+}
+
+/// A treap (randomised balanced search tree, with priorities derived deterministically
+/// from the slot number) holding one entry per ready node, ordered by [`Key`]. Each entry
+/// also carries the maximum free cpu and disk of its subtree, so searches skip whole
+/// subtrees of nodes that have memory left but no cpu or disk: best-fit does not degrade
+/// into a scan when cpu, not memory, is what runs out.
+///
+/// Slots are caller-chosen dense indices (a node's position in its class).
+#[derive(Debug, Clone)]
+pub(crate) struct FitTree {
+    entries: Vec<Entry>,
+    root: u32,
+}
+
+/// SplitMix64: a fixed, well-mixed priority per slot.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl FitTree {
+    /// An empty tree with room for slots `0..n`.
+    pub(crate) fn new(n: usize) -> FitTree {
+        let entries = (0..n)
+            .map(|slot| Entry {
+                key: (0, 0, 0),
+                disk: 0,
+                prio: mix(slot as u64),
+                left: NIL,
+                right: NIL,
+                max_cpu: 0,
+                max_disk: 0,
+                linked: false,
+            })
+            .collect();
+        FitTree { entries, root: NIL }
+    }
+
+    /// Puts `slot` in the tree with free `(mem, cpu, disk)` for node `node`, replacing any
+    /// previous entry of the slot.
+    pub(crate) fn upsert(&mut self, slot: usize, node: usize, [mem, cpu, disk]: [u64; 3]) {
+        self.remove(slot);
+        let s = slot as u32;
+        {
+            let e = &mut self.entries[slot];
+            e.key = (mem, cpu, node);
+            e.disk = disk;
+            e.left = NIL;
+            e.right = NIL;
+            e.max_cpu = cpu;
+            e.max_disk = disk;
+            e.linked = true;
+        }
+        let (l, r) = self.split(self.root, &(mem, cpu, node));
+        let l = self.merge(l, s);
+        self.root = self.merge(l, r);
+    }
+
+    /// Takes `slot` out of the tree (no-op if absent).
+    pub(crate) fn remove(&mut self, slot: usize) {
+        if !self.entries[slot].linked {
+            return;
+        }
+        let key = self.entries[slot].key;
+        self.root = self.remove_rec(self.root, &key);
+        self.entries[slot].linked = false;
+    }
+
+    fn e(&self, t: u32) -> &Entry {
+        &self.entries[t as usize]
+    }
+
+    fn pull(&mut self, t: u32) {
+        let (l, r) = (self.e(t).left, self.e(t).right);
+        let (mut cpu, mut disk) = (self.e(t).key.1, self.e(t).disk);
+        for c in [l, r] {
+            if c != NIL {
+                cpu = cpu.max(self.e(c).max_cpu);
+                disk = disk.max(self.e(c).max_disk);
+            }
+        }
+        let e = &mut self.entries[t as usize];
+        e.max_cpu = cpu;
+        e.max_disk = disk;
+    }
+
+    /// Splits `t` into keys `< key` and keys `>= key`.
+    fn split(&mut self, t: u32, key: &Key) -> (u32, u32) {
+        if t == NIL {
+            return (NIL, NIL);
+        }
+        if self.e(t).key < *key {
+            let (a, b) = self.split(self.e(t).right, key);
+            self.entries[t as usize].right = a;
+            self.pull(t);
+            (t, b)
+        } else {
+            let (a, b) = self.split(self.e(t).left, key);
+            self.entries[t as usize].left = b;
+            self.pull(t);
+            (a, t)
+        }
+    }
+
+    /// Joins two treaps where every key of `a` is below every key of `b`.
+    fn merge(&mut self, a: u32, b: u32) -> u32 {
+        if a == NIL {
+            return b;
+        }
+        if b == NIL {
+            return a;
+        }
+        if self.e(a).prio > self.e(b).prio {
+            let m = self.merge(self.e(a).right, b);
+            self.entries[a as usize].right = m;
+            self.pull(a);
+            a
+        } else {
+            let m = self.merge(a, self.e(b).left);
+            self.entries[b as usize].left = m;
+            self.pull(b);
+            b
+        }
+    }
+
+    fn remove_rec(&mut self, t: u32, key: &Key) -> u32 {
+        debug_assert!(t != NIL, "fit tree entry missing");
+        if t == NIL {
+            return NIL;
+        }
+        match key.cmp(&self.e(t).key) {
+            Ordering::Equal => self.merge(self.e(t).left, self.e(t).right),
+            Ordering::Less => {
+                let l = self.remove_rec(self.e(t).left, key);
+                self.entries[t as usize].left = l;
+                self.pull(t);
+                t
+            }
+            Ordering::Greater => {
+                let r = self.remove_rec(self.e(t).right, key);
+                self.entries[t as usize].right = r;
+                self.pull(t);
+                t
+            }
+        }
+    }
+
+    fn prunable(&self, t: u32, cpu: u64, disk: u64) -> bool {
+        t == NIL || self.e(t).max_cpu < cpu || self.e(t).max_disk < disk
+    }
+
+    fn holds(&self, t: u32, [mem, cpu, disk]: [u64; 3]) -> bool {
+        let e = self.e(t);
+        e.key.0 >= mem && e.key.1 >= cpu && e.disk >= disk
+    }
+
+    /// The smallest key `>= from` whose entry holds `need` (`[mem, cpu, disk]`) and passes
+    /// `accept` (called with the node index). Returns that key.
+    pub(crate) fn first_from(
+        &self,
+        from: &Key,
+        need: [u64; 3],
+        accept: &mut impl FnMut(usize) -> bool,
+    ) -> Option<Key> {
+        self.first_rec(self.root, from, need, accept)
+    }
+
+    fn first_rec(
+        &self,
+        t: u32,
+        from: &Key,
+        need: [u64; 3],
+        accept: &mut impl FnMut(usize) -> bool,
+    ) -> Option<Key> {
+        if self.prunable(t, need[1], need[2]) {
+            return None;
+        }
+        let e = self.e(t);
+        if e.key < *from {
+            return self.first_rec(e.right, from, need, accept);
+        }
+        if let Some(k) = self.first_rec(e.left, from, need, accept) {
+            return Some(k);
+        }
+        if self.holds(t, need) && accept(e.key.2) {
+            return Some(e.key);
+        }
+        self.first_rec(e.right, from, need, accept)
+    }
+
+    /// The largest key whose entry holds `need` and passes `accept`.
+    pub(crate) fn last(
+        &self,
+        need: [u64; 3],
+        accept: &mut impl FnMut(usize) -> bool,
+    ) -> Option<Key> {
+        self.last_rec(self.root, need, accept)
+    }
+
+    fn last_rec(
+        &self,
+        t: u32,
+        need: [u64; 3],
+        accept: &mut impl FnMut(usize) -> bool,
+    ) -> Option<Key> {
+        if self.prunable(t, need[1], need[2]) {
+            return None;
+        }
+        let e = self.e(t);
+        if let Some(k) = self.last_rec(e.right, need, accept) {
+            return Some(k);
+        }
+        if e.key.0 < need[0] {
+            // Everything left of here has even less memory.
+            return None;
+        }
+        if self.holds(t, need) && accept(e.key.2) {
+            return Some(e.key);
+        }
+        self.last_rec(e.left, need, accept)
+    }
+
+    /// All keys in order (tests).
+    #[cfg(test)]
+    fn keys(&self) -> Vec<Key> {
+        fn walk(t: &FitTree, i: u32, out: &mut Vec<Key>) {
+            if i != NIL {
+                walk(t, t.e(i).left, out);
+                out.push(t.e(i).key);
+                walk(t, t.e(i).right, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, self.root, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_through_updates() {
+        let mut t = FitTree::new(4);
+        t.upsert(0, 10, [5, 1, 0]);
+        t.upsert(1, 11, [3, 9, 0]);
+        t.upsert(2, 12, [5, 0, 0]);
+        t.upsert(3, 13, [1, 1, 0]);
+        assert_eq!(
+            t.keys(),
+            vec![(1, 1, 13), (3, 9, 11), (5, 0, 12), (5, 1, 10)]
+        );
+        t.upsert(3, 13, [7, 7, 0]);
+        t.remove(1);
+        t.remove(1);
+        assert_eq!(t.keys(), vec![(5, 0, 12), (5, 1, 10), (7, 7, 13)]);
+    }
+
+    #[test]
+    fn searches_skip_entries_without_cpu() {
+        let mut t = FitTree::new(6);
+        for slot in 0..5 {
+            t.upsert(slot, slot, [10 + slot as u64, 0, 0]); // memory left, no cpu
+        }
+        t.upsert(5, 5, [100, 4, 1]);
+        let all = &mut |_| true;
+        assert_eq!(t.first_from(&(1, 0, 0), [1, 1, 0], all), Some((100, 4, 5)));
+        assert_eq!(t.first_from(&(1, 0, 0), [1, 0, 0], all), Some((10, 0, 0)));
+        assert_eq!(t.first_from(&(1, 0, 0), [1, 0, 2], all), None);
+        assert_eq!(t.last([1, 0, 0], all), Some((100, 4, 5)));
+        assert_eq!(t.last([1, 0, 0], &mut |n| n != 5), Some((14, 0, 4)));
+        assert_eq!(t.last([15, 0, 0], &mut |n| n != 5), None);
+    }
+}

@@ -1,0 +1,695 @@
+//! Domain operations on instances and nodes: every change of desired or observed state
+//! goes through here, checked by the lifecycle state machine and written to the store
+//! with compare-and-swap before anyone is told it happened.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use nimbus_api::{
+    validate_name, Assignment, CreateInstance, DesiredState, Event, Heartbeat, Instance,
+    InstanceReport, InstanceState, Node, NodeState, RegisterNode, Resources,
+};
+use nimbus_store::{Store, StoreError, TypedStore};
+use tokio::sync::Notify;
+
+use crate::error::{Result, ServerError};
+
+pub const INSTANCE: &str = "instance";
+pub const NODE: &str = "node";
+/// Page size used when the server scans a whole kind.
+const SCAN_PAGE: usize = 1000;
+/// Compare-and-swap retries before giving up with a conflict.
+const CAS_RETRIES: usize = 16;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Live usage numbers reported by agents; soft state, rebuilt from heartbeats.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub memory_bytes: u64,
+    pub cpu_usage_ns: u64,
+}
+
+/// Shared handle to the cluster state.
+pub struct Cluster {
+    pub store: Arc<dyn Store>,
+    /// Wakes the scheduler loop when something may be placeable.
+    pub schedule_now: Notify,
+    /// Last heartbeat of each node as seen by this server process. Soft state: after a
+    /// restart every node gets a full timeout of grace before it can be declared down.
+    pub heartbeats: Mutex<HashMap<String, Instant>>,
+    pub usage: Mutex<HashMap<String, Usage>>,
+    pub logs: crate::logs::LogStore,
+}
+
+impl Cluster {
+    pub fn new(store: Arc<dyn Store>, logs: crate::logs::LogStore) -> Self {
+        Cluster {
+            store,
+            logs,
+            schedule_now: Notify::new(),
+            heartbeats: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Appends an event to the durable log. Failure to log never fails the operation.
+    pub fn event(&self, kind: &str, object_kind: &str, object: &str, message: impl Into<String>) {
+        let ev = Event {
+            seq: 0,
+            at_ms: now_ms(),
+            kind: kind.into(),
+            object_kind: object_kind.into(),
+            object: object.into(),
+            message: message.into(),
+        };
+        match serde_json::to_string(&ev) {
+            Ok(s) => {
+                if let Err(e) = self.store.append_event(&s) {
+                    tracing::warn!(error = %e, "could not append event");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not encode event"),
+        }
+    }
+
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.store
+            .events_after(after, limit)?
+            .into_iter()
+            .map(|r| {
+                let mut ev: Event = serde_json::from_str(&r.value)
+                    .map_err(|e| ServerError::Internal(format!("event {}: {e}", r.seq)))?;
+                ev.seq = r.seq;
+                Ok(ev)
+            })
+            .collect()
+    }
+
+    // ---- reading -------------------------------------------------------------------
+
+    pub fn get_instance(&self, name: &str) -> Result<Instance> {
+        self.store
+            .get_typed::<Instance>(INSTANCE, name)?
+            .map(|(mut i, rev)| {
+                i.revision = rev;
+                i
+            })
+            .ok_or_else(|| ServerError::NotFound {
+                kind: "instance",
+                name: name.to_string(),
+            })
+    }
+
+    /// Reads one page of instances in name order.
+    pub fn instance_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Instance>> {
+        Ok(self
+            .store
+            .list_typed::<Instance>(INSTANCE, after, limit)?
+            .into_iter()
+            .map(|(mut i, rev)| {
+                i.revision = rev;
+                i
+            })
+            .collect())
+    }
+
+    /// Reads every instance.
+    pub fn all_instances(&self) -> Result<Vec<Instance>> {
+        let mut out = Vec::new();
+        loop {
+            let page =
+                self.instance_page(out.last().map(|i: &Instance| i.name.as_str()), SCAN_PAGE)?;
+            let done = page.len() < SCAN_PAGE;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub fn get_node(&self, name: &str) -> Result<Node> {
+        self.store
+            .get_typed::<Node>(NODE, name)?
+            .map(|(mut n, rev)| {
+                n.revision = rev;
+                n
+            })
+            .ok_or_else(|| ServerError::NotFound {
+                kind: "node",
+                name: name.to_string(),
+            })
+    }
+
+    /// Reads every node, with `allocated` and `instances` computed from `instances`.
+    pub fn all_nodes_with(&self, instances: &[Instance]) -> Result<Vec<Node>> {
+        let mut nodes: Vec<Node> = Vec::new();
+        loop {
+            let page = self.store.list_typed::<Node>(
+                NODE,
+                nodes.last().map(|n| n.name.as_str()),
+                SCAN_PAGE,
+            )?;
+            let done = page.len() < SCAN_PAGE;
+            nodes.extend(page.into_iter().map(|(mut n, rev)| {
+                n.revision = rev;
+                n
+            }));
+            if done {
+                break;
+            }
+        }
+        let index: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        for inst in instances.iter().filter(|i| i.holds_resources()) {
+            if let Some(&ni) = inst.node.as_ref().and_then(|n| index.get(n)) {
+                let node = &mut nodes[ni];
+                node.allocated = node.allocated.add(Resources::from(&inst.spec));
+                node.instances += 1;
+            }
+        }
+        Ok(nodes)
+    }
+
+    // ---- compare-and-swap helper ---------------------------------------------------
+
+    /// Reads an instance, applies `f`, writes it back if `f` returned true; retries on
+    /// a concurrent write. Returns the instance as written (or as read, when unchanged).
+    pub fn modify_instance(
+        &self,
+        name: &str,
+        mut f: impl FnMut(&mut Instance) -> Result<bool>,
+    ) -> Result<Instance> {
+        for _ in 0..CAS_RETRIES {
+            let mut inst = self.get_instance(name)?;
+            let rev = inst.revision;
+            if !f(&mut inst)? {
+                return Ok(inst);
+            }
+            inst.updated_at_ms = now_ms();
+            match self.store.update_typed(INSTANCE, name, &inst, rev) {
+                Ok(new_rev) => {
+                    inst.revision = new_rev;
+                    return Ok(inst);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Conflict(format!(
+            "instance {name:?} is being changed by many writers; retry"
+        )))
+    }
+
+    // ---- user actions --------------------------------------------------------------
+
+    /// Creates an instance; idempotent for an identical spec. Returns (instance, created).
+    pub fn create_instance(&self, req: CreateInstance) -> Result<(Instance, bool)> {
+        validate_name("instance", &req.name).map_err(ServerError::InvalidRequest)?;
+        req.spec.validate().map_err(ServerError::InvalidRequest)?;
+        if let Ok(existing) = self.get_instance(&req.name) {
+            if existing.spec == req.spec {
+                return Ok((existing, false));
+            }
+            return Err(ServerError::AlreadyExists(format!(
+                "instance {:?} already exists with a different spec; delete it first or choose \
+                 another name",
+                req.name
+            )));
+        }
+        self.check_ever_fits(&req)?;
+        let now = now_ms();
+        let mut inst = Instance {
+            name: req.name.clone(),
+            kind: req.spec.kind,
+            spec: req.spec,
+            state: InstanceState::Pending,
+            desired: DesiredState::Running,
+            node: None,
+            generation: 0,
+            restart_nonce: 0,
+            pid: None,
+            exit_code: None,
+            reason: Some("waiting for the scheduler".into()),
+            restarts: 0,
+            will_restart: false,
+            queue_seq: self.store.next_sequence("queue")?,
+            created_at_ms: now,
+            queued_at_ms: now,
+            updated_at_ms: now,
+            revision: 0,
+        };
+        match self.store.create_typed(INSTANCE, &inst.name, &inst) {
+            Ok(rev) => inst.revision = rev,
+            Err(StoreError::AlreadyExists { .. }) => {
+                // Lost a race with an identical create: answer like the winner would.
+                let existing = self.get_instance(&inst.name)?;
+                if existing.spec == inst.spec {
+                    return Ok((existing, false));
+                }
+                return Err(ServerError::AlreadyExists(format!(
+                    "instance {:?} already exists with a different spec",
+                    inst.name
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.event(
+            "instance_created",
+            "instance",
+            &inst.name,
+            format!(
+                "{} cpu, {} memory",
+                nimbus_api::units::format_cpu(inst.spec.cpu_millis),
+                nimbus_api::units::format_mib(inst.spec.memory_mib)
+            ),
+        );
+        self.schedule_now.notify_one();
+        Ok((inst, true))
+    }
+
+    /// Rejects a request no registered node could ever hold, even empty.
+    fn check_ever_fits(&self, req: &CreateInstance) -> Result<()> {
+        let nodes = self.all_nodes_with(&[])?;
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let need = Resources::from(&req.spec);
+        if nodes.iter().any(|n| n.capacity.fits(need)) {
+            return Ok(());
+        }
+        let max_cpu = nodes
+            .iter()
+            .map(|n| n.capacity.cpu_millis)
+            .max()
+            .unwrap_or(0);
+        let max_mem = nodes
+            .iter()
+            .map(|n| n.capacity.memory_mib)
+            .max()
+            .unwrap_or(0);
+        Err(ServerError::Unsatisfiable(format!(
+            "instance {:?} asks for {} cpu and {} memory, but the largest node has {} cpu and {} \
+             memory: request less or add a bigger node",
+            req.name,
+            nimbus_api::units::format_cpu(need.cpu_millis),
+            nimbus_api::units::format_mib(need.memory_mib),
+            nimbus_api::units::format_cpu(max_cpu),
+            nimbus_api::units::format_mib(max_mem),
+        )))
+    }
+
+    fn refuse(inst: &Instance, action: &str, why: &str) -> ServerError {
+        ServerError::InvalidState(format!(
+            "cannot {action} instance {:?}: it is {}{why}",
+            inst.name, inst.state
+        ))
+    }
+
+    /// Asks an instance to stop. Pending instances stop at once; placed ones go through
+    /// `stopping` until their node confirms.
+    pub fn stop_instance(&self, name: &str) -> Result<Instance> {
+        let inst = self.modify_instance(name, |inst| {
+            use InstanceState::*;
+            match inst.state {
+                Stopped | Stopping | Deleted => {
+                    return Err(Self::refuse(inst, "stop", " already"));
+                }
+                Pending => {
+                    inst.state = inst.state.transition(Stopped).map_err(internal)?;
+                    inst.reason = Some("stopped by request".into());
+                }
+                Failed if !inst.will_restart => {
+                    return Err(Self::refuse(inst, "stop", "; start or delete it instead"));
+                }
+                _ => {
+                    inst.state = inst.state.transition(Stopping).map_err(internal)?;
+                    inst.reason = Some("stop requested".into());
+                }
+            }
+            inst.desired = DesiredState::Stopped;
+            Ok(true)
+        })?;
+        self.event("instance_stop_requested", "instance", name, "");
+        Ok(inst)
+    }
+
+    /// Starts a stopped or failed instance again: it goes back to the queue.
+    pub fn start_instance(&self, name: &str) -> Result<Instance> {
+        let inst = self.modify_instance(name, |inst| {
+            use InstanceState::*;
+            match inst.state {
+                Stopped => {}
+                Failed if !inst.will_restart => {}
+                _ => {
+                    return Err(Self::refuse(
+                        inst,
+                        "start",
+                        "; only stopped or failed instances can be started",
+                    ))
+                }
+            }
+            inst.state = inst.state.transition(Pending).map_err(internal)?;
+            inst.desired = DesiredState::Running;
+            inst.node = None;
+            inst.pid = None;
+            inst.exit_code = None;
+            inst.will_restart = false;
+            inst.reason = Some("waiting for the scheduler".into());
+            inst.queued_at_ms = now_ms();
+            Ok(true)
+        })?;
+        self.event("instance_start_requested", "instance", name, "");
+        self.schedule_now.notify_one();
+        Ok(inst)
+    }
+
+    /// Restarts a running instance in place (its node stops and starts the process),
+    /// or starts a stopped one.
+    pub fn restart_instance(&self, name: &str) -> Result<Instance> {
+        let current = self.get_instance(name)?;
+        if matches!(current.state, InstanceState::Stopped)
+            || (current.state == InstanceState::Failed && !current.will_restart)
+        {
+            return self.start_instance(name);
+        }
+        let inst = self.modify_instance(name, |inst| {
+            use InstanceState::*;
+            match inst.state {
+                Scheduled | Starting | Running | Failed => {}
+                _ => {
+                    return Err(Self::refuse(
+                        inst,
+                        "restart",
+                        "; wait until it is running, stopped or failed",
+                    ))
+                }
+            }
+            inst.restart_nonce += 1;
+            Ok(true)
+        })?;
+        self.event("instance_restart_requested", "instance", name, "");
+        Ok(inst)
+    }
+
+    /// Deletes an instance. One that runs is stopped by its node first and removed
+    /// when the node confirms; one that holds nothing is removed at once.
+    pub fn delete_instance(&self, name: &str) -> Result<Instance> {
+        for _ in 0..CAS_RETRIES {
+            let mut inst = self.get_instance(name)?;
+            if inst.holds_resources() || inst.state == InstanceState::Stopping {
+                if inst.desired == DesiredState::Deleted {
+                    return Ok(inst);
+                }
+                let rev = inst.revision;
+                inst.desired = DesiredState::Deleted;
+                if inst.state != InstanceState::Stopping {
+                    inst.state = inst
+                        .state
+                        .transition(InstanceState::Stopping)
+                        .map_err(internal)?;
+                }
+                inst.reason = Some("delete requested".into());
+                inst.updated_at_ms = now_ms();
+                match self.store.update_typed(INSTANCE, name, &inst, rev) {
+                    Ok(r) => {
+                        inst.revision = r;
+                        self.event("instance_delete_requested", "instance", name, "");
+                        return Ok(inst);
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match self.store.delete(INSTANCE, name, inst.revision) {
+                Ok(_) => {
+                    self.finish_delete(&inst);
+                    inst.state = InstanceState::Deleted;
+                    inst.desired = DesiredState::Deleted;
+                    return Ok(inst);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Conflict(format!(
+            "instance {name:?} is being changed by many writers; retry"
+        )))
+    }
+
+    fn finish_delete(&self, inst: &Instance) {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&inst.name);
+        self.logs.remove(&inst.name);
+        self.event("instance_deleted", "instance", &inst.name, "");
+        self.schedule_now.notify_one();
+    }
+
+    // ---- nodes and agents ----------------------------------------------------------
+
+    /// Registers a node or refreshes its registration (agents call this at start).
+    pub fn register_node(&self, req: RegisterNode) -> Result<Node> {
+        validate_name("node", &req.name).map_err(ServerError::InvalidRequest)?;
+        if req.capacity.cpu_millis == 0 || req.capacity.memory_mib == 0 {
+            return Err(ServerError::InvalidRequest(
+                "node capacity must have at least 1 millicore and 1 MiB of memory".into(),
+            ));
+        }
+        let now = now_ms();
+        for _ in 0..CAS_RETRIES {
+            let existing = self.store.get_typed::<Node>(NODE, &req.name)?;
+            let (mut node, rev) = match existing {
+                Some((n, rev)) => (n, Some(rev)),
+                None => (
+                    Node {
+                        name: req.name.clone(),
+                        address: String::new(),
+                        capacity: req.capacity,
+                        allocated: Resources::default(),
+                        labels: Default::default(),
+                        drivers: vec![],
+                        facts: Default::default(),
+                        state: NodeState::Ready,
+                        last_heartbeat_ms: now,
+                        registered_at_ms: now,
+                        instances: 0,
+                        revision: 0,
+                    },
+                    None,
+                ),
+            };
+            let was_down = node.state == NodeState::Down;
+            node.address = req.address.clone();
+            node.capacity = req.capacity;
+            node.labels = req.labels.clone();
+            node.drivers = req.drivers.clone();
+            node.facts = req.facts.clone();
+            node.last_heartbeat_ms = now;
+            if was_down {
+                node.state = NodeState::Ready;
+            }
+            let res = match rev {
+                Some(rev) => self.store.update_typed(NODE, &node.name, &node, rev),
+                None => self.store.create_typed(NODE, &node.name, &node),
+            };
+            match res {
+                Ok(r) => {
+                    node.revision = r;
+                    self.touch(&node.name);
+                    self.event(
+                        "node_registered",
+                        "node",
+                        &node.name,
+                        format!(
+                            "{} cpu, {} memory, drivers {}",
+                            nimbus_api::units::format_cpu(node.capacity.cpu_millis),
+                            nimbus_api::units::format_mib(node.capacity.memory_mib),
+                            node.drivers.join(",")
+                        ),
+                    );
+                    self.schedule_now.notify_one();
+                    return Ok(node);
+                }
+                Err(StoreError::Conflict { .. }) | Err(StoreError::AlreadyExists { .. }) => {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Conflict(
+            "node registration raced; retry".into(),
+        ))
+    }
+
+    fn touch(&self, node: &str) {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), Instant::now());
+    }
+
+    /// Records a heartbeat and applies the observed status of each instance.
+    pub fn heartbeat(&self, node_name: &str, hb: Heartbeat) -> Result<()> {
+        let node = self.get_node(node_name)?;
+        self.touch(node_name);
+        if node.state == NodeState::Down {
+            self.set_node_state(node_name, NodeState::Ready, "heartbeats resumed")?;
+        }
+        for report in hb.instances {
+            {
+                let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                if let (Some(m), Some(c)) = (report.memory_bytes, report.cpu_usage_ns) {
+                    usage.insert(
+                        report.name.clone(),
+                        Usage {
+                            memory_bytes: m,
+                            cpu_usage_ns: c,
+                        },
+                    );
+                } else {
+                    usage.remove(&report.name);
+                }
+            }
+            match self.apply_report(node_name, &report) {
+                Ok(()) | Err(ServerError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(instance = %report.name, error = %e, "report not applied"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one agent report to the instance it is about, if it is current.
+    fn apply_report(&self, node: &str, r: &InstanceReport) -> Result<()> {
+        let mut remove = None;
+        let mut changed_to = None;
+        let inst = self.modify_instance(&r.name, |inst| {
+            // Reports about an older placement, or from another node, are stale.
+            if inst.node.as_deref() != Some(node) || inst.generation != r.generation {
+                return Ok(false);
+            }
+            if !inst.holds_resources() && inst.state != InstanceState::Stopping {
+                return Ok(false);
+            }
+            let next = r.state;
+            if inst.state != next && !inst.state.can_become(next) {
+                // e.g. a `running` report racing a stop request: the request wins.
+                return Ok(false);
+            }
+            if inst.desired == DesiredState::Deleted
+                && matches!(next, InstanceState::Stopped | InstanceState::Failed)
+            {
+                remove = Some(inst.revision);
+                return Ok(false);
+            }
+            let before = (
+                inst.state,
+                inst.pid,
+                inst.exit_code,
+                inst.reason.clone(),
+                inst.restarts,
+                inst.will_restart,
+            );
+            inst.state = next;
+            inst.pid = r.pid;
+            inst.exit_code = r.exit_code;
+            inst.reason = r.reason.clone();
+            inst.restarts = r.restarts;
+            inst.will_restart = r.will_restart;
+            if inst.state == InstanceState::Stopped && inst.desired == DesiredState::Running {
+                // Exited on its own and will not be restarted.
+                inst.will_restart = false;
+            }
+            let after = (
+                inst.state,
+                inst.pid,
+                inst.exit_code,
+                inst.reason.clone(),
+                inst.restarts,
+                inst.will_restart,
+            );
+            if before.0 != after.0 {
+                changed_to = Some(after.0);
+            }
+            Ok(before != after)
+        })?;
+        if let Some(rev) = remove {
+            match self.store.delete(INSTANCE, &r.name, rev) {
+                Ok(_) => self.finish_delete(&inst),
+                Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(());
+        }
+        if let Some(state) = changed_to {
+            let msg = inst.reason.clone().unwrap_or_default();
+            self.event(&format!("instance_{state}"), "instance", &inst.name, msg);
+            if !inst.holds_resources() {
+                self.schedule_now.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// The assignments of one node: every instance placed there that it must run or stop.
+    pub fn assignments(&self, node: &str) -> Result<Vec<Assignment>> {
+        Ok(self
+            .all_instances()?
+            .into_iter()
+            .filter(|i| {
+                i.node.as_deref() == Some(node)
+                    && (i.is_assigned() || i.state == InstanceState::Stopping)
+            })
+            .map(|i| Assignment {
+                name: i.name,
+                spec: i.spec,
+                generation: i.generation,
+                desired: i.desired,
+                restart_nonce: i.restart_nonce,
+            })
+            .collect())
+    }
+
+    /// Changes a node's state (ready, down, draining) with an event.
+    pub fn set_node_state(&self, name: &str, state: NodeState, why: &str) -> Result<()> {
+        for _ in 0..CAS_RETRIES {
+            let (mut node, rev) =
+                self.store
+                    .get_typed::<Node>(NODE, name)?
+                    .ok_or_else(|| ServerError::NotFound {
+                        kind: "node",
+                        name: name.into(),
+                    })?;
+            if node.state == state {
+                return Ok(());
+            }
+            node.state = state;
+            match self.store.update_typed(NODE, name, &node, rev) {
+                Ok(_) => {
+                    self.event(&format!("node_{}", state.as_str()), "node", name, why);
+                    self.schedule_now.notify_one();
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Conflict(format!(
+            "node {name:?} changed concurrently"
+        )))
+    }
+}
+
+fn internal(e: nimbus_api::TransitionError) -> ServerError {
+    ServerError::Internal(format!("state machine: {e}"))
+}

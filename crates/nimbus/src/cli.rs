@@ -1,0 +1,206 @@
+//! Command-line arguments of every `nimbus` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "nimbus", version, about = "A private cloud in one binary")]
+pub struct Cli {
+    /// API server to talk to (client commands).
+    #[arg(long, global = true, env = "NIMBUS_SERVER", default_value = nimbus_api::DEFAULT_SERVER)]
+    pub server: String,
+    /// Output format of client commands.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server and one local agent in one process, on the embedded store.
+    Up(UpArgs),
+    /// Run the API server and reconcilers only.
+    Server(ServerArgs),
+    /// Run a node agent that joins a server.
+    Agent(AgentArgs),
+    /// Create, inspect and control instances.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Create the instances of a TOML spec file (idempotent).
+    Apply {
+        /// The spec file (see examples/web.toml).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Inspect nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Show the event log.
+    Events {
+        /// Keep printing new events.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Print the OpenAPI document of the API.
+    Openapi,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerOptions {
+    /// Address the API listens on.
+    #[arg(long, default_value = "127.0.0.1:8470")]
+    pub listen: SocketAddr,
+    /// Where state is kept.
+    #[arg(long, env = "NIMBUS_DATA_DIR", default_value = ".nimbus")]
+    pub data_dir: PathBuf,
+    /// Placement policy: first-fit, best-fit (bin-pack) or worst-fit (spread).
+    #[arg(long, default_value = "best-fit")]
+    pub placement: String,
+    /// Queue policy for what does not fit yet: fcfs, sjf or priority.
+    #[arg(long, default_value = "fcfs")]
+    pub queue: String,
+    /// Strict queue order: nothing is placed while the head of the queue waits.
+    #[arg(long)]
+    pub no_backfill: bool,
+    /// Seconds without heartbeats after which a node is declared down.
+    #[arg(long, default_value_t = 10.0)]
+    pub node_down_after: f64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct NodeOptions {
+    /// Node name (defaults to the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// CPU cores to offer (defaults to all).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Memory to offer, e.g. 8Gi (defaults to all).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Disk to offer, e.g. 100Gi (defaults to the data directory's filesystem size).
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Node labels, k=v (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 1.0)]
+    pub heartbeat_every: f64,
+    /// Run instances with the simulated driver (no real processes).
+    #[arg(long, hide = true)]
+    pub sim: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerOptions,
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub server: ServerOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Server to join (same as the global --server).
+    #[arg(long = "join")]
+    pub join: Option<String>,
+    /// Where task records and instance files are kept.
+    #[arg(long, env = "NIMBUS_DATA_DIR", default_value = ".nimbus/agent")]
+    pub data_dir: PathBuf,
+    /// Address peers reach this node at (display only for now).
+    #[arg(long, default_value = "")]
+    pub address: String,
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Create an instance running COMMAND.
+    Create(CreateArgs),
+    /// List instances.
+    List {
+        /// Only instances in this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only instances on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show one instance.
+    Show { name: String },
+    /// Print an instance's output.
+    Logs {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Stop an instance.
+    Stop { name: String },
+    /// Start a stopped or failed instance.
+    Start { name: String },
+    /// Restart an instance.
+    Restart { name: String },
+    /// Delete an instance (stopping it first).
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// CPU cores, e.g. 0.5 or 500m.
+    #[arg(long, default_value = "0.25")]
+    pub cpu: String,
+    /// Memory limit, e.g. 64Mi or 1Gi.
+    #[arg(long, default_value = "128Mi", allow_hyphen_values = true)]
+    pub memory: String,
+    /// Disk to reserve, e.g. 1Gi.
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Restart policy: never, on-failure or always.
+    #[arg(long, default_value = "never")]
+    pub restart: String,
+    /// Queue priority (higher first under --queue priority).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Declared runtime in seconds (used by --queue sjf).
+    #[arg(long)]
+    pub expected_runtime: Option<u64>,
+    /// Environment variables, K=V (repeatable).
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Node labels required, k=v (repeatable).
+    #[arg(long = "node-selector")]
+    pub node_selector: Vec<String>,
+    /// Working directory of the command.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes with capacity, allocation, state and labels.
+    List,
+    /// Show one node.
+    Show { name: String },
+}

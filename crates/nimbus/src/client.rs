@@ -1,0 +1,192 @@
+//! Typed HTTP client of the nimbus API, used by the CLI commands.
+
+use std::time::Duration;
+
+use nimbus_api::{CreateInstance, ErrorBody, EventList, Instance, InstanceList, Node, NodeList};
+use serde::de::DeserializeOwned;
+
+/// Errors of a client call, worded for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the nimbus server at {server}: {detail}\n  (is `nimbus up` running? set --server or NIMBUS_SERVER to point elsewhere)")]
+    Unreachable { server: String, detail: String },
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+}
+
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> Self {
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            server: self.base.clone(),
+            detail: e.to_string(),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => ClientError::Api {
+                status,
+                code: serde_json::to_value(b.error.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                message: b.error.message,
+            },
+            Err(_) => ClientError::Api {
+                status,
+                code: String::new(),
+                message: format!("HTTP {status}: {text}"),
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        self.send(req)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates an instance; returns it and whether it was newly created.
+    pub async fn create_instance(
+        &self,
+        req: &CreateInstance,
+    ) -> Result<(Instance, bool), ClientError> {
+        let resp = self
+            .send(self.http.post(self.url("/v1/instances")).json(req))
+            .await?;
+        let created = resp.status().as_u16() == 201;
+        let inst = resp
+            .json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((inst, created))
+    }
+
+    pub async fn list_instances(
+        &self,
+        state: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Vec<Instance>, ClientError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            if let Some(s) = state {
+                q.push(("state", s.into()));
+            }
+            if let Some(n) = node {
+                q.push(("node", n.into()));
+            }
+            if let Some(a) = &after {
+                q.push(("after", a.clone()));
+            }
+            let page: InstanceList = self
+                .json(self.http.get(self.url("/v1/instances")).query(&q))
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn get_instance(&self, name: &str) -> Result<Instance, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/instances/{name}"))))
+            .await
+    }
+
+    /// `action` is `stop`, `start` or `restart`.
+    pub async fn instance_action(&self, name: &str, action: &str) -> Result<Instance, ClientError> {
+        self.json(
+            self.http
+                .post(self.url(&format!("/v1/instances/{name}/{action}"))),
+        )
+        .await
+    }
+
+    pub async fn delete_instance(&self, name: &str) -> Result<Instance, ClientError> {
+        self.json(self.http.delete(self.url(&format!("/v1/instances/{name}"))))
+            .await
+    }
+
+    pub async fn logs(&self, name: &str, tail_bytes: u64) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .send(
+                self.http
+                    .get(self.url(&format!("/v1/instances/{name}/logs")))
+                    .query(&[("tail_bytes", tail_bytes)]),
+            )
+            .await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<Node>, ClientError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            if let Some(a) = &after {
+                q.push(("after", a.clone()));
+            }
+            let page: NodeList = self
+                .json(self.http.get(self.url("/v1/nodes")).query(&q))
+                .await?;
+            out.extend(page.items);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn get_node(&self, name: &str) -> Result<Node, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/nodes/{name}"))))
+            .await
+    }
+
+    pub async fn events(&self, after: u64, wait_secs: u64) -> Result<EventList, ClientError> {
+        self.json(
+            self.http
+                .get(self.url("/v1/events"))
+                .timeout(Duration::from_secs(wait_secs + 10))
+                .query(&[("after", after), ("limit", 1000), ("wait_secs", wait_secs)]),
+        )
+        .await
+    }
+}

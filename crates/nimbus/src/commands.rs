@@ -1,0 +1,199 @@
+//! Client commands: each parses its arguments into an API request, calls the server
+//! through [`ApiClient`], and renders the answer.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nimbus_api::units::{parse_cpu_millis, parse_memory_mib};
+use nimbus_api::{CreateInstance, InstanceKind, InstanceSpec, RestartPolicy};
+
+use crate::cli::{Cli, Command, CreateArgs, InstanceCommand, NodeCommand, Output};
+use crate::client::ApiClient;
+use crate::output;
+use crate::run;
+
+/// Runs one command; returns the process exit code.
+pub async fn dispatch(cli: Cli) -> Result<i32> {
+    let api = ApiClient::new(&cli.server);
+    let out = cli.output;
+    match cli.command {
+        Command::Up(a) => run::up(&a.server, &a.node).await,
+        Command::Server(a) => run::server(&a.server).await,
+        Command::Agent(a) => {
+            let server = a.join.clone().unwrap_or(cli.server.clone());
+            run::agent(&a.node, &server, &a.data_dir, &a.address).await
+        }
+        Command::Instance(c) => instance(&api, out, c).await,
+        Command::Apply { file } => apply(&api, out, &file).await,
+        Command::Node(NodeCommand::List) => {
+            println!("{}", output::nodes(out, &api.list_nodes().await?));
+            Ok(0)
+        }
+        Command::Node(NodeCommand::Show { name }) => {
+            let n = api.get_node(&name).await?;
+            println!("{}", output::nodes(out, std::slice::from_ref(&n)));
+            Ok(0)
+        }
+        Command::Events { follow } => events(&api, out, follow).await,
+        Command::Openapi => {
+            println!("{}", nimbus_server::http::openapi_json());
+            Ok(0)
+        }
+    }
+}
+
+fn create_request(a: &CreateArgs) -> Result<CreateInstance> {
+    let cpu_millis = parse_cpu_millis(&a.cpu).map_err(|e| anyhow!("--cpu: {e}"))?;
+    let memory_mib = parse_memory_mib(&a.memory).map_err(|e| anyhow!("--memory: {e}"))?;
+    let disk_mib = a
+        .disk
+        .as_deref()
+        .map(parse_memory_mib)
+        .transpose()
+        .map_err(|e| anyhow!("--disk: {e}"))?
+        .unwrap_or(0);
+    let restart: RestartPolicy =
+        serde_json::from_value(serde_json::Value::String(a.restart.clone()))
+            .map_err(|_| anyhow!("--restart {:?}: use never, on-failure or always", a.restart))?;
+    if a.command.is_empty() {
+        bail!("no command given: put it after --, e.g. nimbus instance create web -- python3 -m http.server 9000");
+    }
+    Ok(CreateInstance {
+        name: a.name.clone(),
+        spec: InstanceSpec {
+            kind: InstanceKind::Process,
+            command: a.command.clone(),
+            env: run::parse_kv(&a.env, "--env")?,
+            workdir: a.workdir.clone(),
+            cpu_millis,
+            memory_mib,
+            disk_mib,
+            restart,
+            priority: a.priority,
+            expected_runtime_secs: a.expected_runtime,
+            node_selector: run::parse_kv(&a.node_selector, "--node-selector")?,
+        },
+    })
+}
+
+async fn instance(api: &ApiClient, out: Output, c: InstanceCommand) -> Result<i32> {
+    match c {
+        InstanceCommand::Create(a) => {
+            let req = create_request(&a)?;
+            nimbus_api::validate_name("instance", &req.name).map_err(|e| anyhow!(e))?;
+            let (inst, created) = api.create_instance(&req).await?;
+            if out == Output::Json {
+                println!("{}", output::json(&inst));
+            } else if created {
+                println!("instance {} created ({})", inst.name, inst.state);
+            } else {
+                println!(
+                    "instance {} already exists with this spec ({})",
+                    inst.name, inst.state
+                );
+            }
+        }
+        InstanceCommand::List { state, node } => {
+            let items = api
+                .list_instances(state.as_deref(), node.as_deref())
+                .await?;
+            println!("{}", output::instances(out, &items));
+        }
+        InstanceCommand::Show { name } => {
+            println!("{}", output::instance(out, &api.get_instance(&name).await?));
+        }
+        InstanceCommand::Logs { name, follow } => logs(api, &name, follow).await?,
+        InstanceCommand::Stop { name } => action(api, out, &name, "stop").await?,
+        InstanceCommand::Start { name } => action(api, out, &name, "start").await?,
+        InstanceCommand::Restart { name } => action(api, out, &name, "restart").await?,
+        InstanceCommand::Delete { name } => {
+            let inst = api.delete_instance(&name).await?;
+            if out == Output::Json {
+                println!("{}", output::json(&inst));
+            } else {
+                println!(
+                    "instance {name} {}",
+                    if inst.state == nimbus_api::InstanceState::Deleted {
+                        "deleted"
+                    } else {
+                        "is being deleted"
+                    }
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn action(api: &ApiClient, out: Output, name: &str, verb: &str) -> Result<()> {
+    let inst = api.instance_action(name, verb).await?;
+    if out == Output::Json {
+        println!("{}", output::json(&inst));
+    } else {
+        println!("instance {name}: {verb} requested ({})", inst.state);
+    }
+    Ok(())
+}
+
+async fn logs(api: &ApiClient, name: &str, follow: bool) -> Result<()> {
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout();
+    loop {
+        let bytes = api.logs(name, 64 * 1024 * 1024).await?;
+        if bytes.len() > printed {
+            stdout.write_all(&bytes[printed..])?;
+            stdout.flush()?;
+            printed = bytes.len();
+        } else if bytes.len() < printed {
+            // A new placement started a new log.
+            stdout.write_all(&bytes)?;
+            printed = bytes.len();
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn apply(api: &ApiClient, out: Output, file: &std::path::Path) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let reqs = nimbus_api::specfile::parse_spec_file(&file.display().to_string(), &text)
+        .map_err(|e| anyhow!(e))?;
+    let mut results = Vec::new();
+    for req in &reqs {
+        let (inst, created) = api.create_instance(req).await?;
+        if out == Output::Table {
+            println!(
+                "instance {} {}",
+                inst.name,
+                if created { "created" } else { "unchanged" }
+            );
+        }
+        results.push(inst);
+    }
+    if out == Output::Json {
+        println!("{}", output::json(&results));
+    }
+    Ok(0)
+}
+
+async fn events(api: &ApiClient, out: Output, follow: bool) -> Result<i32> {
+    let mut after = 0;
+    loop {
+        let page = api.events(after, if follow { 30 } else { 0 }).await?;
+        for e in &page.items {
+            if out == Output::Json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                println!("{}", output::event_line(e));
+            }
+        }
+        after = page.last;
+        if !follow && page.items.len() < 1000 {
+            return Ok(0);
+        }
+    }
+}
