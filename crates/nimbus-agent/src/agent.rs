@@ -486,7 +486,9 @@ fn build_drivers(cfg: &AgentConfig) -> HashMap<&'static str, Arc<dyn Driver>> {
         }
         DriverMode::Real => match ProcessDriver::default_shim_cmd() {
             Ok(shim) => {
-                let d = ProcessDriver::new(cfg.data_dir.join("instances"), shim);
+                // One cgroup subtree per node, so several agents can share a host.
+                let d = ProcessDriver::new(cfg.data_dir.join("instances"), shim)
+                    .with_cgroup_parent(format!("nimbus/{}", cfg.name));
                 if d.fingerprint().available {
                     drivers.insert("process", Arc::new(d));
                 } else {

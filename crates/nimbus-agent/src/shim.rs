@@ -62,6 +62,20 @@ pub struct ShimConfig {
     pub memory_mib: u64,
     /// The task's cgroup, in task-handle form (`cgroup_version`, `cgroup.memory`, ...).
     pub cgroup: BTreeMap<String, String>,
+    /// Identifies this start of the task; copied into [`EXIT_FILE`] so that a record
+    /// written late by the shim of an earlier start is never taken for this one.
+    #[serde(default)]
+    pub run_id: String,
+}
+
+/// Contents of [`EXIT_FILE`]: the exit status and the run it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    #[serde(flatten)]
+    pub status: ExitStatus,
+    /// [`ShimConfig::run_id`] of the run; empty when the configuration was unreadable.
+    #[serde(default)]
+    pub run_id: String,
 }
 
 /// Runs the shim when the process was started as `<exe> __shim CONFIG`: returns the exit
@@ -93,21 +107,27 @@ pub fn main(config_file: impl AsRef<Path>) -> i32 {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let (dir, status) = match load_config(config_file) {
-        Ok(cfg) => (cfg.dir.clone(), supervise(&cfg)),
+    let (dir, record) = match load_config(config_file) {
+        Ok(cfg) => (
+            cfg.dir.clone(),
+            ExitRecord {
+                status: supervise(&cfg),
+                run_id: cfg.run_id.clone(),
+            },
+        ),
         Err(msg) => (
             fallback_dir,
-            failure(None, format!("supervisor failed: {msg}")),
+            ExitRecord {
+                status: failure(None, format!("supervisor failed: {msg}")),
+                run_id: String::new(),
+            },
         ),
     };
-    match write_atomic(&dir.join(EXIT_FILE), &exit_json(&status)) {
+    let json = serde_json::to_vec_pretty(&record).unwrap_or_else(|_| b"{}".to_vec());
+    match write_atomic(&dir.join(EXIT_FILE), &json) {
         Ok(()) => 0,
         Err(_) => 1,
     }
-}
-
-fn exit_json(status: &ExitStatus) -> Vec<u8> {
-    serde_json::to_vec_pretty(status).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 fn load_config(path: &Path) -> Result<ShimConfig, String> {

@@ -199,8 +199,15 @@ fn limits_cgroup_membership_stop_and_destroy() {
     let stats = d.stats(&h).unwrap();
     assert!(stats.memory_bytes > 0, "{stats:?}");
 
+    // An exit record of another start of the task is not this start's.
+    let stale = r#"{"code":0,"signal":null,"oom_killed":false,"reason":"exited with code 0","run_id":"someone-else"}"#;
+    fs::write(tmp.path().join("exit.json"), stale).unwrap();
+    assert_eq!(d.status(&h).unwrap(), TaskState::Running);
+
     d.stop(&h, Duration::from_secs(5)).unwrap();
-    assert!(tmp.path().join("exit.json").exists());
+    let record: serde_json::Value =
+        serde_json::from_str(&read(tmp.path().join("exit.json"))).unwrap();
+    assert_eq!(record["run_id"].as_str(), Some(h.data["run_id"].as_str()));
     let st = wait_exit(&d, &h, Duration::from_secs(1));
     assert_eq!(st.signal, Some(libc::SIGTERM), "{st:?}");
     assert_eq!(st.reason, "killed by signal 15 (SIGTERM)");
@@ -397,4 +404,46 @@ fn recover_after_driver_restart_and_lost_shim() {
     let st = wait_exit(&d, &h, Duration::from_secs(1));
     assert_eq!(st.reason, "supervisor lost; process gone");
     assert!(!alive(h.child_pid.unwrap()));
+}
+
+#[test]
+fn starting_again_replaces_the_earlier_start() {
+    if !root() {
+        return;
+    }
+    let d = driver();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(&unique("again"), tmp.path(), &["sleep", "30"], 100, 16);
+    let h1 = d.start(&cfg).unwrap();
+    let _cleanup1 = Cleanup(&d, h1.clone());
+    let h2 = d.start(&cfg).unwrap();
+    let _cleanup2 = Cleanup(&d, h2.clone());
+    assert!(!alive(h1.pid), "the earlier shim is retired");
+    assert!(
+        !alive(h1.child_pid.unwrap()),
+        "the earlier command is killed"
+    );
+    assert_eq!(
+        d.status(&h1).unwrap(),
+        TaskState::Exited(ExitStatus {
+            code: None,
+            signal: None,
+            oom_killed: false,
+            reason: "replaced by a newer start of this task".into(),
+        })
+    );
+    assert!(!d.recover(&h1).unwrap());
+    // Acting on the stale handle leaves the newer start alone.
+    d.stop(&h1, Duration::ZERO).unwrap();
+    d.destroy(&h1).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(d.status(&h2).unwrap(), TaskState::Running);
+    let child = h2.child_pid.unwrap();
+    assert!(alive(child));
+    for dir in cgroup_dirs(&h2) {
+        assert!(procs(&dir).contains(&child), "{}", dir.display());
+    }
+    d.stop(&h2, Duration::from_secs(2)).unwrap();
+    let st = wait_exit(&d, &h2, Duration::from_secs(1));
+    assert_eq!(st.signal, Some(libc::SIGTERM), "{st:?}");
 }

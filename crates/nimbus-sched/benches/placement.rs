@@ -33,13 +33,19 @@ impl Rng {
     }
 }
 
-/// 16-64 cores, 64-256 GiB (independently mixed), 0.5-2 TiB disk; 80% of nodes run
-/// `process` and `qemu`, 20% only `process`; three zones.
+/// 16-64 cores with 64-256 GiB: 70% of nodes have 4 GiB per core, 15% 2 and 15% 8 (memory
+/// clamped to 64-256 GiB); 0.5-2 TiB disk; 80% of nodes run `process` and `qemu`, 20% only
+/// `process`; three zones.
 fn make_nodes(n: usize, rng: &mut Rng) -> Vec<NodeInfo> {
     (0..n)
         .map(|i| {
             let cores = rng.pick(&[16, 24, 32, 48, 64]);
-            let mem_gib = rng.pick(&[64, 96, 128, 192, 256]);
+            let gib_per_core = match rng.below(100) {
+                0..=69 => 4,
+                70..=84 => 2,
+                _ => 8,
+            };
+            let mem_gib = (cores * gib_per_core).clamp(64, 256);
             let disk_gib = 512 + rng.below(4) * 512;
             let drivers: &[&str] = if rng.below(10) < 8 {
                 &["process", "qemu"]
@@ -60,16 +66,18 @@ fn make_nodes(n: usize, rng: &mut Rng) -> Vec<NodeInfo> {
         .collect()
 }
 
-/// Mixed shapes (cpu millis, memory MiB, weight); averages about 3.2 cores / 12.5 GiB,
-/// so 100,000 of them fill 10,000 nodes to roughly 85-90% of cpu and memory.
+/// Mixed shapes (cpu millis, memory MiB, weight), mostly 4 GiB per core with some cpu- and
+/// memory-heavy ones; averages about 3 cores / 12 GiB, so 100,000 of them bring 10,000
+/// nodes to about 80% of cpu and memory.
 const SHAPES: &[(u64, u64, u64)] = &[
-    (250, 512, 15),
-    (1000, 2 * GIB, 20),
+    (250, GIB, 12),
+    (1000, 4 * GIB, 22),
     (2000, 8 * GIB, 20),
-    (4000, 16 * GIB, 20),
-    (8000, 8 * GIB, 10),  // cpu-heavy
-    (2000, 32 * GIB, 10), // memory-heavy
-    (16000, 64 * GIB, 5),
+    (4000, 16 * GIB, 18),
+    (4000, 8 * GIB, 8),  // cpu-heavy
+    (2000, 16 * GIB, 8), // memory-heavy
+    (8000, 32 * GIB, 10),
+    (16000, 64 * GIB, 2),
 ];
 
 fn make_requests(n: usize, rng: &mut Rng) -> Vec<Request> {

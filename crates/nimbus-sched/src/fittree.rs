@@ -1,6 +1,8 @@
-//! Best-/worst-fit index: a treap ordered by free (memory, cpu, node) with subtree max cpu/disk.
+//! Best-/worst-fit index: a treap ordered by free (memory, cpu, node) with subtree maxima.
 
 use std::cmp::Ordering;
+
+use crate::segtree::{Amounts, WIDTH};
 
 const NIL: u32 = u32::MAX;
 
@@ -10,21 +12,22 @@ pub(crate) type Key = (u64, u64, usize);
 #[derive(Debug, Clone)]
 struct Entry {
     key: Key,
-    disk: u64,
+    /// The node's free resources and joint scores (see `index::profile`); `[0..3]` are
+    /// memory, cpu, disk.
+    own: Amounts,
+    /// Componentwise maximum of `own` over this entry's subtree.
+    max: Amounts,
     prio: u64,
     left: u32,
     right: u32,
-    /// Maximum free cpu / disk over this entry's subtree.
-    max_cpu: u64,
-    max_disk: u64,
     linked: bool,
 }
 
 /// A treap (randomised balanced search tree, with priorities derived deterministically
 /// from the slot number) holding one entry per ready node, ordered by [`Key`]. Each entry
-/// also carries the maximum free cpu and disk of its subtree, so searches skip whole
-/// subtrees of nodes that have memory left but no cpu or disk: best-fit does not degrade
-/// into a scan when cpu, not memory, is what runs out.
+/// also carries the componentwise maximum of its subtree's [`Amounts`], so searches skip
+/// whole subtrees of nodes that have memory left but not enough cpu or disk: best-fit
+/// does not degrade into a scan when memory is not what runs out.
 ///
 /// Slots are caller-chosen dense indices (a node's position in its class).
 #[derive(Debug, Clone)]
@@ -47,35 +50,33 @@ impl FitTree {
         let entries = (0..n)
             .map(|slot| Entry {
                 key: (0, 0, 0),
-                disk: 0,
+                own: [0; WIDTH],
+                max: [0; WIDTH],
                 prio: mix(slot as u64),
                 left: NIL,
                 right: NIL,
-                max_cpu: 0,
-                max_disk: 0,
                 linked: false,
             })
             .collect();
         FitTree { entries, root: NIL }
     }
 
-    /// Puts `slot` in the tree with free `(mem, cpu, disk)` for node `node`, replacing any
-    /// previous entry of the slot.
-    pub(crate) fn upsert(&mut self, slot: usize, node: usize, [mem, cpu, disk]: [u64; 3]) {
+    /// Puts `slot` in the tree for node `node` with amounts `own` (free memory, cpu, disk,
+    /// then joint scores), replacing any previous entry of the slot.
+    pub(crate) fn upsert(&mut self, slot: usize, node: usize, own: Amounts) {
         self.remove(slot);
-        let s = slot as u32;
+        let key = (own[0], own[1], node);
         {
             let e = &mut self.entries[slot];
-            e.key = (mem, cpu, node);
-            e.disk = disk;
+            e.key = key;
+            e.own = own;
+            e.max = own;
             e.left = NIL;
             e.right = NIL;
-            e.max_cpu = cpu;
-            e.max_disk = disk;
             e.linked = true;
         }
-        let (l, r) = self.split(self.root, &(mem, cpu, node));
-        let l = self.merge(l, s);
+        let (l, r) = self.split(self.root, &key);
+        let l = self.merge(l, slot as u32);
         self.root = self.merge(l, r);
     }
 
@@ -95,16 +96,15 @@ impl FitTree {
 
     fn pull(&mut self, t: u32) {
         let (l, r) = (self.e(t).left, self.e(t).right);
-        let (mut cpu, mut disk) = (self.e(t).key.1, self.e(t).disk);
+        let mut max = self.e(t).own;
         for c in [l, r] {
             if c != NIL {
-                cpu = cpu.max(self.e(c).max_cpu);
-                disk = disk.max(self.e(c).max_disk);
+                for (m, x) in max.iter_mut().zip(&self.e(c).max) {
+                    *m = (*m).max(*x);
+                }
             }
         }
-        let e = &mut self.entries[t as usize];
-        e.max_cpu = cpu;
-        e.max_disk = disk;
+        self.entries[t as usize].max = max;
     }
 
     /// Splits `t` into keys `< key` and keys `>= key`.
@@ -168,21 +168,24 @@ impl FitTree {
         }
     }
 
-    fn prunable(&self, t: u32, cpu: u64, disk: u64) -> bool {
-        t == NIL || self.e(t).max_cpu < cpu || self.e(t).max_disk < disk
+    /// No entry of subtree `t` can hold `need`.
+    fn prunable(&self, t: u32, need: &Amounts) -> bool {
+        t == NIL || self.e(t).max.iter().zip(need).any(|(m, n)| m < n)
     }
 
-    fn holds(&self, t: u32, [mem, cpu, disk]: [u64; 3]) -> bool {
-        let e = self.e(t);
-        e.key.0 >= mem && e.key.1 >= cpu && e.disk >= disk
+    fn holds(&self, t: u32, need: &Amounts) -> bool {
+        self.e(t).own[..3]
+            .iter()
+            .zip(&need[..3])
+            .all(|(x, n)| x >= n)
     }
 
-    /// The smallest key `>= from` whose entry holds `need` (`[mem, cpu, disk]`) and passes
-    /// `accept` (called with the node index). Returns that key.
+    /// The smallest key `>= from` whose entry holds `need` and passes `accept` (called with
+    /// the node index). Returns that key.
     pub(crate) fn first_from(
         &self,
         from: &Key,
-        need: [u64; 3],
+        need: &Amounts,
         accept: &mut impl FnMut(usize) -> bool,
     ) -> Option<Key> {
         self.first_rec(self.root, from, need, accept)
@@ -192,10 +195,10 @@ impl FitTree {
         &self,
         t: u32,
         from: &Key,
-        need: [u64; 3],
+        need: &Amounts,
         accept: &mut impl FnMut(usize) -> bool,
     ) -> Option<Key> {
-        if self.prunable(t, need[1], need[2]) {
+        if self.prunable(t, need) {
             return None;
         }
         let e = self.e(t);
@@ -214,7 +217,7 @@ impl FitTree {
     /// The largest key whose entry holds `need` and passes `accept`.
     pub(crate) fn last(
         &self,
-        need: [u64; 3],
+        need: &Amounts,
         accept: &mut impl FnMut(usize) -> bool,
     ) -> Option<Key> {
         self.last_rec(self.root, need, accept)
@@ -223,10 +226,10 @@ impl FitTree {
     fn last_rec(
         &self,
         t: u32,
-        need: [u64; 3],
+        need: &Amounts,
         accept: &mut impl FnMut(usize) -> bool,
     ) -> Option<Key> {
-        if self.prunable(t, need[1], need[2]) {
+        if self.prunable(t, need) {
             return None;
         }
         let e = self.e(t);
@@ -263,18 +266,25 @@ impl FitTree {
 mod tests {
     use super::*;
 
+    /// Amounts with only memory, cpu and disk set.
+    fn a([mem, cpu, disk]: [u64; 3]) -> Amounts {
+        let mut x = [0; WIDTH];
+        x[..3].copy_from_slice(&[mem, cpu, disk]);
+        x
+    }
+
     #[test]
     fn keeps_order_through_updates() {
         let mut t = FitTree::new(4);
-        t.upsert(0, 10, [5, 1, 0]);
-        t.upsert(1, 11, [3, 9, 0]);
-        t.upsert(2, 12, [5, 0, 0]);
-        t.upsert(3, 13, [1, 1, 0]);
+        t.upsert(0, 10, a([5, 1, 0]));
+        t.upsert(1, 11, a([3, 9, 0]));
+        t.upsert(2, 12, a([5, 0, 0]));
+        t.upsert(3, 13, a([1, 1, 0]));
         assert_eq!(
             t.keys(),
             vec![(1, 1, 13), (3, 9, 11), (5, 0, 12), (5, 1, 10)]
         );
-        t.upsert(3, 13, [7, 7, 0]);
+        t.upsert(3, 13, a([7, 7, 0]));
         t.remove(1);
         t.remove(1);
         assert_eq!(t.keys(), vec![(5, 0, 12), (5, 1, 10), (7, 7, 13)]);
@@ -284,15 +294,21 @@ mod tests {
     fn searches_skip_entries_without_cpu() {
         let mut t = FitTree::new(6);
         for slot in 0..5 {
-            t.upsert(slot, slot, [10 + slot as u64, 0, 0]); // memory left, no cpu
+            t.upsert(slot, slot, a([10 + slot as u64, 0, 0])); // memory left, no cpu
         }
-        t.upsert(5, 5, [100, 4, 1]);
+        t.upsert(5, 5, a([100, 4, 1]));
         let all = &mut |_| true;
-        assert_eq!(t.first_from(&(1, 0, 0), [1, 1, 0], all), Some((100, 4, 5)));
-        assert_eq!(t.first_from(&(1, 0, 0), [1, 0, 0], all), Some((10, 0, 0)));
-        assert_eq!(t.first_from(&(1, 0, 0), [1, 0, 2], all), None);
-        assert_eq!(t.last([1, 0, 0], all), Some((100, 4, 5)));
-        assert_eq!(t.last([1, 0, 0], &mut |n| n != 5), Some((14, 0, 4)));
-        assert_eq!(t.last([15, 0, 0], &mut |n| n != 5), None);
+        assert_eq!(
+            t.first_from(&(1, 0, 0), &a([1, 1, 0]), all),
+            Some((100, 4, 5))
+        );
+        assert_eq!(
+            t.first_from(&(1, 0, 0), &a([1, 0, 0]), all),
+            Some((10, 0, 0))
+        );
+        assert_eq!(t.first_from(&(1, 0, 0), &a([1, 0, 2]), all), None);
+        assert_eq!(t.last(&a([1, 0, 0]), all), Some((100, 4, 5)));
+        assert_eq!(t.last(&a([1, 0, 0]), &mut |n| n != 5), Some((14, 0, 4)));
+        assert_eq!(t.last(&a([15, 0, 0]), &mut |n| n != 5), None);
     }
 }

@@ -1,13 +1,16 @@
 //! First-fit index: a max segment tree over node positions, descending to the leftmost fit.
 
-/// Free amounts per leaf as `[memory, cpu, disk]`.
-pub(crate) type Amounts = [u64; 3];
+/// Number of values per leaf (see [`crate::index`]'s `profile`).
+pub(crate) const WIDTH: usize = 27;
 
-/// A segment tree storing, per subtree, the maximum free memory, cpu and disk over its live
-/// leaves. A leaf is live when its node is in the index (ready). Finding the leftmost live
-/// leaf holding a request descends into a subtree only if its maxima could hold it; since
-/// the maxima may come from different leaves a descent can fail and backtrack, but in the
-/// common case it is O(log n).
+/// The values of one leaf: a node's free resources and monotone scores derived from them.
+pub(crate) type Amounts = [u64; WIDTH];
+
+/// A segment tree storing, per subtree, the componentwise maximum of its live leaves'
+/// [`Amounts`]. A leaf is live when its node is in the index (ready). Finding the leftmost
+/// live leaf whose amounts are all >= a request's descends into a subtree only if its
+/// maxima could hold it; since maxima may come from different leaves a descent can fail
+/// and backtrack, which the joint scores in the amounts keep rare.
 #[derive(Debug, Clone)]
 pub(crate) struct SegTree {
     /// Number of leaves (a power of two, at least 1).
@@ -22,7 +25,7 @@ impl SegTree {
         let size = n.max(1).next_power_of_two();
         SegTree {
             size,
-            max: vec![[0; 3]; 2 * size],
+            max: vec![[0; WIDTH]; 2 * size],
             live: vec![false; 2 * size],
         }
     }
@@ -31,20 +34,16 @@ impl SegTree {
     pub(crate) fn set(&mut self, pos: usize, value: Option<Amounts>) {
         let mut i = pos + self.size;
         self.live[i] = value.is_some();
-        self.max[i] = value.unwrap_or([0; 3]);
+        self.max[i] = value.unwrap_or([0; WIDTH]);
         while i > 1 {
             i /= 2;
             let (l, r) = (2 * i, 2 * i + 1);
             self.live[i] = self.live[l] || self.live[r];
             self.max[i] = match (self.live[l], self.live[r]) {
-                (true, true) => [
-                    self.max[l][0].max(self.max[r][0]),
-                    self.max[l][1].max(self.max[r][1]),
-                    self.max[l][2].max(self.max[r][2]),
-                ],
+                (true, true) => std::array::from_fn(|k| self.max[l][k].max(self.max[r][k])),
                 (true, false) => self.max[l],
                 (false, true) => self.max[r],
-                (false, false) => [0; 3],
+                (false, false) => [0; WIDTH],
             };
         }
     }
@@ -52,7 +51,7 @@ impl SegTree {
     /// The leftmost live leaf whose amounts are all >= `need` and for which `accept` holds.
     pub(crate) fn leftmost(
         &self,
-        need: Amounts,
+        need: &Amounts,
         accept: &mut impl FnMut(usize) -> bool,
     ) -> Option<usize> {
         self.descend(1, need, accept)
@@ -61,11 +60,10 @@ impl SegTree {
     fn descend(
         &self,
         i: usize,
-        need: Amounts,
+        need: &Amounts,
         accept: &mut impl FnMut(usize) -> bool,
     ) -> Option<usize> {
-        let m = &self.max[i];
-        if !self.live[i] || m[0] < need[0] || m[1] < need[1] || m[2] < need[2] {
+        if !self.live[i] || self.max[i].iter().zip(need).any(|(m, n)| m < n) {
             return None;
         }
         if i >= self.size {
@@ -81,29 +79,33 @@ impl SegTree {
 mod tests {
     use super::*;
 
+    fn a(x: [u64; 3]) -> Amounts {
+        std::array::from_fn(|k| x.get(k).copied().unwrap_or(0))
+    }
+
     #[test]
     fn finds_leftmost_fitting_live_leaf() {
         let mut t = SegTree::new(5);
-        t.set(0, Some([10, 1, 0]));
-        t.set(1, Some([1, 10, 0]));
+        t.set(0, Some(a([10, 1, 0])));
+        t.set(1, Some(a([1, 10, 0])));
         t.set(2, None);
-        t.set(3, Some([10, 10, 0]));
-        t.set(4, Some([10, 10, 5]));
+        t.set(3, Some(a([10, 10, 0])));
+        t.set(4, Some(a([10, 10, 5])));
         let all = &mut |_| true;
         // Root maxima say [10,10,5] fits, but only leaf 4 does: backtracking finds it.
-        assert_eq!(t.leftmost([5, 5, 5], all), Some(4));
-        assert_eq!(t.leftmost([5, 5, 0], all), Some(3));
-        assert_eq!(t.leftmost([0, 0, 0], all), Some(0));
-        assert_eq!(t.leftmost([11, 0, 0], all), None);
-        assert_eq!(t.leftmost([5, 5, 0], &mut |p| p != 3), Some(4));
+        assert_eq!(t.leftmost(&a([5, 5, 5]), all), Some(4));
+        assert_eq!(t.leftmost(&a([5, 5, 0]), all), Some(3));
+        assert_eq!(t.leftmost(&a([0, 0, 0]), all), Some(0));
+        assert_eq!(t.leftmost(&a([11, 0, 0]), all), None);
+        assert_eq!(t.leftmost(&a([5, 5, 0]), &mut |p| p != 3), Some(4));
         t.set(0, None);
         t.set(1, None);
-        assert_eq!(t.leftmost([0, 0, 0], all), Some(3));
+        assert_eq!(t.leftmost(&a([0, 0, 0]), all), Some(3));
     }
 
     #[test]
     fn empty_tree_finds_nothing() {
         let t = SegTree::new(0);
-        assert_eq!(t.leftmost([0, 0, 0], &mut |_| true), None);
+        assert_eq!(t.leftmost(&a([0, 0, 0]), &mut |_| true), None);
     }
 }

@@ -2,20 +2,27 @@
 //!
 //! `start` creates the cgroup `nimbus/<name>` with the spec's limits, writes
 //! `<dir>/shim.json` and spawns the shim (`<shim_cmd...> <dir>/shim.json`, in production
-//! `nimbus __shim`) in a new session; the shim runs the command inside the cgroup and
-//! records `child.pid` and, at the end, `exit.json` (see [`crate::shim`]). Everything
-//! after that works from the files and the cgroup, so a restarted agent sees the same
-//! answers as the one that started the task:
+//! `nimbus __shim`) in a new session, records its pid and start time in `<dir>/shim.pid`,
+//! and returns once the shim reports the command running (`child.pid`) or finished
+//! (`exit.json`). The shim runs the command inside the cgroup (see [`crate::shim`]).
+//! Everything after that works from the files and the cgroup, so a restarted agent
+//! sees the same answers as the one that started the task:
 //!
-//! * `status`: `exit.json` present → exited with it; shim alive (same pid *and* start
-//!   time) → running; shim gone without `exit.json` (it was SIGKILLed) → running while
-//!   the cgroup still has processes (the command outlived its supervisor; `stop` and
-//!   `destroy` still reach it through the cgroup), else exited with
-//!   "supervisor lost; process gone".
+//! * `status`: `exit.json` of this start present → exited with it; shim alive (same pid
+//!   *and* start time) → running; shim gone without `exit.json` (it was SIGKILLed) →
+//!   running while the cgroup still has processes (the command outlived its
+//!   supervisor; `stop` and `destroy` still reach it through the cgroup), else exited
+//!   with "supervisor lost; process gone".
 //! * `stop`: SIGTERM to every process in the cgroup, SIGKILL after the grace period,
 //!   then wait briefly for the shim to record the exit.
 //! * `destroy`: kill what is left, remove the cgroup and the status files; keep the log.
-//! * `recover`: true when `exit.json` exists or the shim is alive with the same start time.
+//! * `recover`: true when `exit.json` of this start exists or the shim is alive with the
+//!   same start time.
+//!
+//! Every start gets a `run_id` (in the handle data, `shim.json` and `exit.json`).
+//! Starting a task again while an earlier start still runs kills the earlier shim and
+//! command; the earlier handle then reads as exited ("replaced by a newer start of this
+//! task") and `stop`/`destroy` on it leave the newer start alone.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -32,10 +39,15 @@ use super::cgroup::{Cgroup, Hierarchy, Limits};
 use super::{
     Driver, DriverError, ExitStatus, Fingerprint, TaskConfig, TaskHandle, TaskState, TaskStats,
 };
-use crate::shim::{self, ShimConfig, CHILD_PID_FILE, CONFIG_FILE, EXIT_FILE, SHIM_ARG};
+use crate::shim::{self, ExitRecord, ShimConfig, CHILD_PID_FILE, CONFIG_FILE, EXIT_FILE, SHIM_ARG};
 
 /// Handle data key holding the memory limit (for messages when the shim is lost).
 const KEY_MEMORY_MIB: &str = "memory_mib";
+/// Handle data key identifying one start of a task (see [`ShimConfig::run_id`]).
+const KEY_RUN_ID: &str = "run_id";
+/// Pid and start time of a task's shim ("PID START_TICKS"), written by the driver so
+/// that a new start of the task can retire a shim an earlier agent lost track of.
+const SHIM_PID_FILE: &str = "shim.pid";
 /// Default parent cgroup of all tasks.
 pub const DEFAULT_CGROUP_PARENT: &str = "nimbus";
 /// PATH given to commands when the agent has none.
@@ -56,8 +68,9 @@ pub struct ProcessDriver {
 
 impl ProcessDriver {
     /// A driver whose shim is started as `shim_cmd... <config-file>` (production:
-    /// [`ProcessDriver::default_shim_cmd`]). Relative task directories are taken relative
-    /// to `state_root`.
+    /// [`ProcessDriver::default_shim_cmd`]). `state_root` is where task directories live;
+    /// fingerprinting creates it and requires it to be usable. Task directories
+    /// ([`TaskConfig::dir`]) are used as given and made absolute at start.
     pub fn new(state_root: PathBuf, shim_cmd: Vec<OsString>) -> Self {
         ProcessDriver {
             state_root,
@@ -89,10 +102,6 @@ impl ProcessDriver {
             .map_err(|e| DriverError::Unavailable(e.clone()))
     }
 
-    fn task_dir(&self, dir: &Path) -> PathBuf {
-        self.state_root.join(dir)
-    }
-
     fn probe(&self) -> Result<Hierarchy, DriverError> {
         let Some(exe) = self.shim_cmd.first() else {
             return Err(DriverError::Unavailable(
@@ -105,6 +114,12 @@ impl ProcessDriver {
                 Path::new(exe).display()
             )));
         }
+        fs::create_dir_all(&self.state_root).map_err(|e| {
+            DriverError::Unavailable(format!(
+                "cannot create the state directory {}: {e}",
+                self.state_root.display()
+            ))
+        })?;
         let h = self.hierarchy()?.clone();
         let probe = format!(".probe-{}", std::process::id());
         let cg = h.create(
@@ -163,6 +178,7 @@ impl ProcessDriver {
             dir: dir.to_path_buf(),
             memory_mib: cfg.spec.memory_mib,
             cgroup: cg.to_data(),
+            run_id: run_id(cfg.generation),
         };
         let config_path = dir.join(CONFIG_FILE);
         let json =
@@ -184,6 +200,12 @@ impl ProcessDriver {
             ))
         })?;
         let shim_exit = reap_in_background(child);
+        let pid_file = dir.join(SHIM_PID_FILE);
+        if let Err(e) = shim::write_atomic(&pid_file, format!("{pid} {start_ticks}\n").as_bytes()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; the shim is our child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            return Err(io_err(format!("writing {}", pid_file.display()), e));
+        }
 
         let mut handle = TaskHandle {
             name: cfg.name.clone(),
@@ -197,6 +219,10 @@ impl ProcessDriver {
         handle
             .data
             .insert(KEY_MEMORY_MIB.to_string(), cfg.spec.memory_mib.to_string());
+        handle
+            .data
+            .insert(KEY_RUN_ID.to_string(), shim_cfg.run_id.clone());
+        let finished = |h: &TaskHandle| matches!(handle_exit(h), Ok(Some(_)));
 
         let deadline = Instant::now() + self.start_timeout;
         loop {
@@ -204,13 +230,13 @@ impl ProcessDriver {
                 handle.child_pid = Some(child_pid);
                 return Ok(handle);
             }
-            if dir.join(EXIT_FILE).exists() {
+            if finished(&handle) {
                 return Ok(handle);
             }
             let exited = shim_exit.lock().map(|s| *s).unwrap_or(None);
             let failure = if let Some(st) = exited {
                 // It may have written the files just before exiting.
-                if read_child_pid(dir).is_some() || dir.join(EXIT_FILE).exists() {
+                if read_child_pid(dir).is_some() || finished(&handle) {
                     continue;
                 }
                 Some(format!(
@@ -244,12 +270,60 @@ impl ProcessDriver {
     fn wait_for_shim(handle: &TaskHandle, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Self::shim_alive(handle)
-            && !handle.dir.join(EXIT_FILE).exists()
+            && !matches!(handle_exit(handle), Ok(Some(_)))
             && Instant::now() < deadline
         {
             thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Kills the shim recorded in `dir` if it is still alive, and waits until it is gone.
+fn retire_old_shim(dir: &Path) {
+    let Ok(text) = fs::read_to_string(dir.join(SHIM_PID_FILE)) else {
+        return;
+    };
+    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(ticks))) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let Ok(pid) = u32::try_from(pid) else {
+        return;
+    };
+    if !is_alive(pid, ticks) {
+        return;
+    }
+    tracing::warn!(pid, dir = %dir.display(), "killing the supervisor of an earlier start of this task");
+    // SAFETY: kill(2) has no memory-safety preconditions; pid and start time verified.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while is_alive(pid, ticks) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether the task was started again (by `start` with another handle) after `handle`:
+/// the files and the cgroup then belong to the newer start.
+fn superseded(handle: &TaskHandle) -> bool {
+    let Some(ours) = handle.data.get(KEY_RUN_ID) else {
+        return false;
+    };
+    let Ok(bytes) = fs::read(handle.dir.join(CONFIG_FILE)) else {
+        return false;
+    };
+    match serde_json::from_slice::<ShimConfig>(&bytes) {
+        Ok(cfg) => !cfg.run_id.is_empty() && cfg.run_id != *ours,
+        Err(_) => false,
+    }
+}
+
+/// A token unique to one start of a task: generation, agent pid and the time.
+fn run_id(generation: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{generation}-{}-{nanos}", std::process::id())
 }
 
 /// Reaps the shim on a small dedicated thread so it never lingers as a zombie;
@@ -296,18 +370,31 @@ fn read_child_pid(dir: &Path) -> Option<u32> {
         .ok()
 }
 
-fn read_exit(dir: &Path) -> Result<Option<ExitStatus>, DriverError> {
+/// The exit status recorded for the run `run_id` (any run when `None`); a record left
+/// by another start of the task counts as none.
+fn read_exit(dir: &Path, run_id: Option<&str>) -> Result<Option<ExitStatus>, DriverError> {
     let path = dir.join(EXIT_FILE);
     match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            io_err(
-                format!("parsing {}", path.display()),
-                io::Error::new(io::ErrorKind::InvalidData, e),
-            )
-        }),
+        Ok(bytes) => {
+            let rec: ExitRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                io_err(
+                    format!("parsing {}", path.display()),
+                    io::Error::new(io::ErrorKind::InvalidData, e),
+                )
+            })?;
+            let ours = match run_id {
+                Some(id) => rec.run_id.is_empty() || rec.run_id == id,
+                None => true,
+            };
+            Ok(ours.then_some(rec.status))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(format!("reading {}", path.display()), e)),
     }
+}
+
+fn handle_exit(handle: &TaskHandle) -> Result<Option<ExitStatus>, DriverError> {
+    read_exit(&handle.dir, handle.data.get(KEY_RUN_ID).map(String::as_str))
 }
 
 /// State letter and start time (field 22, clock ticks since boot) of a process.
@@ -394,9 +481,16 @@ impl Driver for ProcessDriver {
             ));
         }
         let hierarchy = self.hierarchy()?;
-        let dir = self.task_dir(&cfg.dir);
+        let dir = cfg.dir.clone();
         fs::create_dir_all(&dir).map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
-        for f in [EXIT_FILE, CHILD_PID_FILE] {
+        // The shim runs in `/` and the handle outlives this process: use an absolute path.
+        let dir = fs::canonicalize(&dir)
+            .map_err(|e| io_err(format!("resolving {}", dir.display()), e))?;
+        // A shim of an earlier start still running (its handle was lost) must go first:
+        // once its command dies it would record an exit and empty the cgroup, which by
+        // then is the new task's.
+        retire_old_shim(&dir);
+        for f in [EXIT_FILE, CHILD_PID_FILE, SHIM_PID_FILE] {
             remove_if_exists(&dir.join(f))?;
         }
         let cg = hierarchy.create(
@@ -418,14 +512,22 @@ impl Driver for ProcessDriver {
     }
 
     fn status(&self, handle: &TaskHandle) -> Result<TaskState, DriverError> {
-        if let Some(st) = read_exit(&handle.dir)? {
+        if let Some(st) = handle_exit(handle)? {
             return Ok(TaskState::Exited(st));
+        }
+        if superseded(handle) {
+            return Ok(TaskState::Exited(ExitStatus {
+                code: None,
+                signal: None,
+                oom_killed: false,
+                reason: "replaced by a newer start of this task".into(),
+            }));
         }
         if Self::shim_alive(handle) {
             return Ok(TaskState::Running);
         }
         // The shim writes exit.json before it exits: look again now that it is gone.
-        if let Some(st) = read_exit(&handle.dir)? {
+        if let Some(st) = handle_exit(handle)? {
             return Ok(TaskState::Exited(st));
         }
         let cg = Cgroup::from_data(&handle.data);
@@ -454,6 +556,10 @@ impl Driver for ProcessDriver {
     }
 
     fn stop(&self, handle: &TaskHandle, grace: Duration) -> Result<(), DriverError> {
+        if superseded(handle) {
+            // The cgroup now holds the newer start's processes.
+            return Ok(());
+        }
         let cg = Cgroup::from_data(&handle.data);
         let Some(cg) = cg else {
             // No cgroup recorded: ask the shim, which forwards SIGTERM to the command.
@@ -476,6 +582,11 @@ impl Driver for ProcessDriver {
     }
 
     fn destroy(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        if superseded(handle) {
+            // Everything of this start went when the task was started again; the
+            // cgroup and the files are the newer start's.
+            return Ok(());
+        }
         let cg = Cgroup::from_data(&handle.data);
         if let Some(cg) = &cg {
             cg.kill_all(KILL_TIMEOUT)?;
@@ -492,7 +603,7 @@ impl Driver for ProcessDriver {
         if let Some(cg) = &cg {
             cg.delete(Duration::from_secs(2))?;
         }
-        for f in [EXIT_FILE, CHILD_PID_FILE, CONFIG_FILE] {
+        for f in [EXIT_FILE, CHILD_PID_FILE, SHIM_PID_FILE, CONFIG_FILE] {
             remove_if_exists(&handle.dir.join(f))?;
             remove_if_exists(&handle.dir.join(format!("{f}.tmp")))?;
         }
@@ -500,10 +611,13 @@ impl Driver for ProcessDriver {
     }
 
     fn recover(&self, handle: &TaskHandle) -> Result<bool, DriverError> {
-        Ok(handle.dir.join(EXIT_FILE).exists() || Self::shim_alive(handle))
+        Ok(handle_exit(handle)?.is_some() || (!superseded(handle) && Self::shim_alive(handle)))
     }
 
     fn stats(&self, handle: &TaskHandle) -> Result<TaskStats, DriverError> {
+        if superseded(handle) {
+            return Ok(TaskStats::default());
+        }
         let cg = Cgroup::from_data(&handle.data).ok_or_else(|| DriverError::Cgroup {
             path: handle.name.clone(),
             message: "the task handle records no cgroup".into(),
@@ -522,7 +636,7 @@ mod tests {
     #[test]
     fn proc_stat_of_self() {
         let me = proc_stat(std::process::id()).unwrap();
-        assert_eq!(me.state, 'R');
+        assert!(matches!(me.state, 'R' | 'S'), "{}", me.state);
         assert!(is_alive(std::process::id(), me.start_ticks));
         assert!(!is_alive(std::process::id(), me.start_ticks + 1));
     }
