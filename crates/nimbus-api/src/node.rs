@@ -24,11 +24,11 @@ impl Resources {
         }
     }
 
-    pub fn add(self, o: Resources) -> Resources {
+    pub fn saturating_add(self, o: Resources) -> Resources {
         Resources {
-            cpu_millis: self.cpu_millis + o.cpu_millis,
-            memory_mib: self.memory_mib + o.memory_mib,
-            disk_mib: self.disk_mib + o.disk_mib,
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
+            disk_mib: self.disk_mib.saturating_add(o.disk_mib),
         }
     }
 

@@ -95,11 +95,11 @@ pub fn check_cpu_millis(millis: u64) -> Result<(), String> {
 
 /// Formats MiB for tables: `64Mi`, `1.5Gi`.
 pub fn format_mib(mib: u64) -> String {
-    if mib >= 1024 * 1024 && mib % (1024 * 1024) == 0 {
+    if mib >= 1024 * 1024 && mib.is_multiple_of(1024 * 1024) {
         format!("{}Ti", mib / 1024 / 1024)
     } else if mib >= 1024 {
         let gi = mib as f64 / 1024.0;
-        if mib % 1024 == 0 {
+        if mib.is_multiple_of(1024) {
             format!("{}Gi", mib / 1024)
         } else {
             format!("{gi:.1}Gi")
@@ -111,7 +111,7 @@ pub fn format_mib(mib: u64) -> String {
 
 /// Formats millicores for tables: `0.5`, `2`.
 pub fn format_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
     } else {
         let s = format!("{:.3}", millis as f64 / 1000.0);

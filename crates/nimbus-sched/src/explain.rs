@@ -57,14 +57,18 @@ impl Rejections {
             ..Rejections::default()
         };
         for node in nodes {
-            r.could_ever_fit |= filter::could_ever_fit(node, req);
+            // Each predicate once per node: this loop is the whole cost of a failure.
+            let driver = filter::driver_ok(node, req);
+            let selector = driver && filter::selector_ok(node, req);
+            let too_small = node.capacity.first_short(req.resources);
+            r.could_ever_fit |= selector && too_small.is_none();
             if !filter::ready(node) {
                 r.not_ready += 1;
-            } else if !filter::driver_ok(node, req) {
+            } else if !driver {
                 r.no_driver += 1;
-            } else if !filter::selector_ok(node, req) {
+            } else if !selector {
                 r.no_selector += 1;
-            } else if let Some(d) = node.capacity.first_short(req.resources) {
+            } else if let Some(d) = too_small {
                 r.too_small[d as usize] += 1;
             } else if let Some(d) = node.free().first_short(req.resources) {
                 r.short[d as usize] += 1;

@@ -1,5 +1,7 @@
 //! `schedule`: one full pass (order the queue, place each request, record why others wait).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{order_queue, ClusterState, NodeInfo, Request, SchedulerConfig, Unplaced};
@@ -26,6 +28,10 @@ pub struct Plan {
 /// With `cfg.backfill` false, the first request that does not fit blocks every request
 /// after it ("waiting behind <id>"). A request that can never fit (`Unplaced::never`) does
 /// not block: waiting behind it would wait forever.
+///
+/// Explaining a failure scans every node, so within one pass identical requests (same
+/// resources, driver and node selector) that fail share the explanation computed for the
+/// first of them: the pass only ever allocates, so what failed once keeps failing.
 pub fn schedule(
     nodes: Vec<NodeInfo>,
     mut pending: Vec<Request>,
@@ -36,6 +42,7 @@ pub fn schedule(
     let mut state = ClusterState::new(nodes);
     let mut plan = Plan::default();
     let mut blocked_behind: Option<String> = None;
+    let mut explained: BTreeMap<Shape, Unplaced> = BTreeMap::new();
     for req in pending {
         if let Some(head) = &blocked_behind {
             let reason = format!("waiting behind {head} (queue policy {})", cfg.queue);
@@ -48,12 +55,19 @@ pub fn schedule(
             ));
             continue;
         }
-        match state.place(&req, cfg.placement) {
-            Ok(i) => plan.placements.push(Placement {
-                request_id: req.id,
-                node: state.node(i).name.clone(),
-            }),
-            Err(why) => {
+        match state.select(&req, cfg.placement) {
+            Some(i) => {
+                state.allocate(i, req.resources);
+                plan.placements.push(Placement {
+                    request_id: req.id,
+                    node: state.node(i).name.clone(),
+                });
+            }
+            None => {
+                let why = explained
+                    .entry(Shape::of(&req))
+                    .or_insert_with(|| state.explain(&req))
+                    .clone();
                 if !cfg.backfill && !why.never {
                     blocked_behind = Some(req.id.clone());
                 }
@@ -62,4 +76,23 @@ pub fn schedule(
         }
     }
     plan
+}
+
+/// What makes two requests place identically: resources, driver and node selector.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Shape {
+    resources: (u64, u64, u64),
+    driver: String,
+    node_selector: BTreeMap<String, String>,
+}
+
+impl Shape {
+    fn of(req: &Request) -> Shape {
+        let r = req.resources;
+        Shape {
+            resources: (r.memory_mib, r.cpu_millis, r.disk_mib),
+            driver: req.driver.clone(),
+            node_selector: req.node_selector.clone(),
+        }
+    }
 }

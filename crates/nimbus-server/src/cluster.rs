@@ -173,7 +173,7 @@ impl Cluster {
         for inst in instances.iter().filter(|i| i.holds_resources()) {
             if let Some(&ni) = inst.node.as_ref().and_then(|n| index.get(n)) {
                 let node = &mut nodes[ni];
-                node.allocated = node.allocated.add(Resources::from(&inst.spec));
+                node.allocated = node.allocated.saturating_add(Resources::from(&inst.spec));
                 node.instances += 1;
             }
         }

@@ -12,6 +12,7 @@ use super::{blocking, ApiQuery, AppState};
 use crate::error::{Result, ServerError};
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events with a sequence number above this.

@@ -42,6 +42,7 @@ pub async fn create_instance(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only instances in this state.
@@ -171,6 +172,7 @@ pub async fn delete_instance(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Return at most this many bytes from the end (default 1 MiB).
@@ -205,6 +207,7 @@ pub async fn get_logs(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ShipQuery {
     /// Generation of the placement the output belongs to.

@@ -27,6 +27,7 @@ pub async fn register_node(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NodeListQuery {
     /// Page size (default 100, at most 1000).
@@ -110,6 +111,7 @@ pub async fn heartbeat(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AssignmentsQuery {
     /// Answer only once the store revision is above this index (long-poll).
