@@ -138,9 +138,17 @@ fn chunks(reqs: &[Request]) -> impl Iterator<Item = &[Request]> {
 
 /// The real thing: `ClusterState::place` (failures include building the explanation).
 fn run_index(nodes: &[NodeInfo], reqs: &[Request], policy: PlacementPolicy) -> (Run, Duration) {
-    let t = Instant::now();
-    let mut state = ClusterState::new(nodes.to_vec());
-    let build = t.elapsed();
+    // Index build: best of 5 (it is short, so noise from other processes dominates).
+    let mut build = Duration::MAX;
+    let mut state = None;
+    for _ in 0..5 {
+        let nodes = nodes.to_vec();
+        let t = Instant::now();
+        let s = ClusterState::new(nodes);
+        build = build.min(t.elapsed());
+        state = Some(s);
+    }
+    let mut state = state.expect("built");
     let mut run = Run {
         picks: Vec::with_capacity(reqs.len()),
         decile_time: Vec::new(),
@@ -220,12 +228,19 @@ fn main() {
 
     println!("## nimbus-sched placement benchmark\n");
     println!(
-        "{n_nodes} nodes, {n_reqs} requests (seed {SEED:#x}), one thread, {} build\n",
+        "{n_nodes} nodes (16-64 cores, 64-256 GiB, 0.5-2 TiB disk; two driver sets), \
+         {n_reqs} requests ({} shapes from 0.25 cpu / 1 GiB to 16 cpu / 64 GiB, 10-50 GiB disk), \
+         seed {SEED:#x}, one thread, {} build.",
+        SHAPES.len(),
         if cfg!(debug_assertions) {
             "debug"
         } else {
             "release"
         }
+    );
+    println!(
+        "`placements/s` is over all requests, placed or not, and excludes the index build \
+         (own column); index failures include writing the explanation, naive ones do not.\n"
     );
 
     let mut summary = Vec::new();

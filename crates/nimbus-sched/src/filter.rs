@@ -1,6 +1,6 @@
 //! Feasibility stage: the predicates deciding whether a node can take a request at all.
 //!
-//! Checked in this order (the same order [`crate::explain`] reports in): ready, driver,
+//! Checked in this order (the same order [`explain`](mod@crate::explain) reports in): ready, driver,
 //! node selector, free resources.
 
 use crate::{NodeInfo, Request};

@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 
-use crate::segtree::{Amounts, WIDTH};
+use crate::profile::{Amounts, WIDTH};
 
 const NIL: u32 = u32::MAX;
 
@@ -12,8 +12,7 @@ pub(crate) type Key = (u64, u64, usize);
 #[derive(Debug, Clone)]
 struct Entry {
     key: Key,
-    /// The node's free resources and joint scores (see `index::profile`); `[0..3]` are
-    /// memory, cpu, disk.
+    /// The node's profile (see [`crate::profile`]); `[0..3]` are free memory, cpu, disk.
     own: Amounts,
     /// Componentwise maximum of `own` over this entry's subtree.
     max: Amounts,
@@ -59,6 +58,54 @@ impl FitTree {
             })
             .collect();
         FitTree { entries, root: NIL }
+    }
+
+    /// A tree with room for slots `0..n` holding `items` (`(slot, node, amounts)`, each
+    /// slot at most once), built in O(n log n) for the sort and O(n) for the tree.
+    pub(crate) fn build(
+        n: usize,
+        items: impl IntoIterator<Item = (usize, usize, Amounts)>,
+    ) -> FitTree {
+        let mut t = FitTree::new(n);
+        let mut order = Vec::with_capacity(n);
+        for (slot, node, own) in items {
+            let e = &mut t.entries[slot];
+            e.key = (own[0], own[1], node);
+            e.own = own;
+            e.max = own;
+            e.linked = true;
+            order.push(slot as u32);
+        }
+        order.sort_unstable_by_key(|&s| t.e(s).key);
+        // Cartesian tree: in key order, keeping the right spine on a stack (max-heap on prio).
+        let mut spine: Vec<u32> = Vec::new();
+        for s in order {
+            let mut last = NIL;
+            while let Some(&top) = spine.last() {
+                if t.e(top).prio >= t.e(s).prio {
+                    break;
+                }
+                last = top;
+                spine.pop();
+            }
+            t.entries[s as usize].left = last;
+            if let Some(&top) = spine.last() {
+                t.entries[top as usize].right = s;
+            }
+            spine.push(s);
+        }
+        t.root = spine.first().copied().unwrap_or(NIL);
+        t.pull_all(t.root);
+        t
+    }
+
+    /// Recomputes subtree maxima below and at `t`, children first.
+    fn pull_all(&mut self, t: u32) {
+        if t != NIL {
+            self.pull_all(self.e(t).left);
+            self.pull_all(self.e(t).right);
+            self.pull(t);
+        }
     }
 
     /// Puts `slot` in the tree for node `node` with amounts `own` (free memory, cpu, disk,
@@ -288,6 +335,37 @@ mod tests {
         t.remove(1);
         t.remove(1);
         assert_eq!(t.keys(), vec![(5, 0, 12), (5, 1, 10), (7, 7, 13)]);
+    }
+
+    #[test]
+    fn build_equals_inserting_each() {
+        let items = [
+            (0, 7, a([5, 1, 0])),
+            (2, 8, a([3, 9, 1])),
+            (3, 9, a([5, 0, 4])),
+            (4, 3, a([5, 0, 4])),
+        ];
+        let built = FitTree::build(5, items);
+        let mut ins = FitTree::new(5);
+        for (slot, node, own) in items {
+            ins.upsert(slot, node, own);
+        }
+        assert_eq!(built.keys(), ins.keys());
+        assert_eq!(built.root, ins.root);
+        for slot in 0..5 {
+            assert_eq!(
+                built.entries[slot].max, ins.entries[slot].max,
+                "slot {slot}"
+            );
+            assert_eq!(
+                built.entries[slot].left, ins.entries[slot].left,
+                "slot {slot}"
+            );
+            assert_eq!(
+                built.entries[slot].right, ins.entries[slot].right,
+                "slot {slot}"
+            );
+        }
     }
 
     #[test]

@@ -8,20 +8,24 @@
 //! - [`config`]: [`PlacementPolicy`], [`QueuePolicy`], [`SchedulerConfig`].
 //! - [`filter`]: feasibility stage (ready, driver, node selector, free resources).
 //! - [`score`]: selection stage, each placement policy as a preference order.
-//! - [`explain`]: why a request fits nowhere ([`Unplaced`]), the failure slow path.
+//! - [`explain`](mod@explain): why a request fits nowhere ([`Unplaced`]), the failure slow path.
 //! - [`cluster`]: [`ClusterState`], nodes plus the free-capacity index; place / release.
-//! - `index`, `segtree`, `fittree` (private): the index behind [`ClusterState`].
+//! - `index`, `segtree`, `fittree`, `profile` (private): the index behind [`ClusterState`].
 //! - [`queue`]: queue stage, [`order_queue`] (fcfs, sjf, priority with aging).
 //! - [`plan`]: [`schedule`], one full pass producing a [`Plan`].
-//! - [`reference`]: the naive O(nodes) placement the index is tested against.
+//! - [`reference`](mod@reference): the naive O(nodes) placement the index is tested against.
 //!
 //! # Index
-//! Nodes are grouped by driver set. Per group, first-fit uses a segment tree over node
-//! positions holding the max free memory/cpu/disk of each subtree and descends to the
-//! leftmost node that fits; best- and worst-fit use a balanced tree ordered by free
-//! (memory, cpu, index) whose entries carry their subtree's max free cpu/disk, so the
-//! search skips nodes that have memory but no cpu left. A placement is O(log nodes) in
-//! the common case; node selectors are checked on candidates as the search reaches them.
+//! Nodes are grouped by driver set (like Nomad's computed node classes). Per group,
+//! first-fit uses a segment tree over node positions and descends to the leftmost node
+//! that fits; best- and worst-fit use a treap ordered by free (memory, cpu, index). Both
+//! keep, per subtree, the maximum of each node's *profile*: free memory, cpu and disk plus
+//! joint scores `min(w * x)` over pairs and triples of dimensions on a grid of ratios. A
+//! search therefore skips subtrees where every node lacks something (one node out of cpu,
+//! another out of disk), not only subtrees short in a single dimension, and placement
+//! stays near O(log nodes) as the cluster fills (see `benches/placement.rs`); the worst
+//! case is O(nodes), like a scan. Node selectors are checked on candidates as the search
+//! reaches them. The index picks exactly the node [`reference::select_linear`] picks.
 
 pub mod cluster;
 pub mod config;
@@ -31,6 +35,7 @@ mod fittree;
 mod index;
 pub mod node;
 pub mod plan;
+mod profile;
 pub mod queue;
 pub mod reference;
 pub mod request;

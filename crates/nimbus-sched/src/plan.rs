@@ -26,7 +26,7 @@ pub struct Plan {
 /// the allocations of those before it.
 ///
 /// With `cfg.backfill` false, the first request that does not fit blocks every request
-/// after it ("waiting behind <id>"). A request that can never fit (`Unplaced::never`) does
+/// after it (`waiting behind <id>`). A request that can never fit (`Unplaced::never`) does
 /// not block: waiting behind it would wait forever.
 ///
 /// Explaining a failure scans every node, so within one pass identical requests (same

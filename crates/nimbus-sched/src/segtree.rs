@@ -1,13 +1,9 @@
 //! First-fit index: a max segment tree over node positions, descending to the leftmost fit.
 
-/// Number of values per leaf (see [`crate::index`]'s `profile`).
-pub(crate) const WIDTH: usize = 27;
-
-/// The values of one leaf: a node's free resources and monotone scores derived from them.
-pub(crate) type Amounts = [u64; WIDTH];
+use crate::profile::{Amounts, WIDTH};
 
 /// A segment tree storing, per subtree, the componentwise maximum of its live leaves'
-/// [`Amounts`]. A leaf is live when its node is in the index (ready). Finding the leftmost
+/// profiles ([`Amounts`]). A leaf is live when its node is in the index (ready). Finding the leftmost
 /// live leaf whose amounts are all >= a request's descends into a subtree only if its
 /// maxima could hold it; since maxima may come from different leaves a descent can fail
 /// and backtrack, which the joint scores in the amounts keep rare.
@@ -30,6 +26,19 @@ impl SegTree {
         }
     }
 
+    /// A tree over `leaves` (`None` = dead), built bottom-up in O(n).
+    pub(crate) fn build(leaves: impl ExactSizeIterator<Item = Option<Amounts>>) -> SegTree {
+        let mut t = SegTree::new(leaves.len());
+        for (pos, value) in leaves.enumerate() {
+            t.live[t.size + pos] = value.is_some();
+            t.max[t.size + pos] = value.unwrap_or([0; WIDTH]);
+        }
+        for i in (1..t.size).rev() {
+            t.pull(i);
+        }
+        t
+    }
+
     /// Sets leaf `pos` to `value`, or makes it dead with `None`.
     pub(crate) fn set(&mut self, pos: usize, value: Option<Amounts>) {
         let mut i = pos + self.size;
@@ -37,15 +46,20 @@ impl SegTree {
         self.max[i] = value.unwrap_or([0; WIDTH]);
         while i > 1 {
             i /= 2;
-            let (l, r) = (2 * i, 2 * i + 1);
-            self.live[i] = self.live[l] || self.live[r];
-            self.max[i] = match (self.live[l], self.live[r]) {
-                (true, true) => std::array::from_fn(|k| self.max[l][k].max(self.max[r][k])),
-                (true, false) => self.max[l],
-                (false, true) => self.max[r],
-                (false, false) => [0; WIDTH],
-            };
+            self.pull(i);
         }
+    }
+
+    /// Recomputes internal node `i` from its children.
+    fn pull(&mut self, i: usize) {
+        let (l, r) = (2 * i, 2 * i + 1);
+        self.live[i] = self.live[l] || self.live[r];
+        self.max[i] = match (self.live[l], self.live[r]) {
+            (true, true) => std::array::from_fn(|k| self.max[l][k].max(self.max[r][k])),
+            (true, false) => self.max[l],
+            (false, true) => self.max[r],
+            (false, false) => [0; WIDTH],
+        };
     }
 
     /// The leftmost live leaf whose amounts are all >= `need` and for which `accept` holds.
@@ -101,6 +115,23 @@ mod tests {
         t.set(0, None);
         t.set(1, None);
         assert_eq!(t.leftmost(&a([0, 0, 0]), all), Some(3));
+    }
+
+    #[test]
+    fn build_equals_setting_each_leaf() {
+        let leaves = [
+            Some(a([3, 1, 0])),
+            None,
+            Some(a([1, 3, 0])),
+            Some(a([2, 2, 2])),
+        ];
+        let built = SegTree::build(leaves.into_iter());
+        let mut set = SegTree::new(leaves.len());
+        for (pos, v) in leaves.into_iter().enumerate() {
+            set.set(pos, v);
+        }
+        assert_eq!(built.max, set.max);
+        assert_eq!(built.live, set.live);
     }
 
     #[test]

@@ -361,3 +361,66 @@ fn queue_policy_decides_who_gets_scarce_capacity() {
     // An hour: aging has lifted it well above a newly arrived priority-10 request.
     assert_eq!(winner(QueuePolicy::Priority, 60 * 60_000), "long");
 }
+
+#[test]
+fn identical_failing_requests_share_one_explanation() {
+    let nodes = vec![node("a", 8, 4, 0), node("b", 8, 4, 0)];
+    let pending = vec![
+        seq(req("fill-1", 100, 3), 1),
+        seq(req("big-1", 100, 2), 2),
+        seq(req("fill-2", 100, 3), 3),
+        seq(req("big-2", 100, 2), 4),
+        seq(req("big-3", 100, 2), 5),
+        seq(req("big-4", 100, 2), 6),
+        seq(req("huge", 100, 5), 7),
+    ];
+    let plan = schedule(nodes, pending, &cfg(FirstFit, QueuePolicy::Fcfs, true), 0);
+    assert_eq!(
+        placed(&plan),
+        [("fill-1", "a"), ("big-1", "b"), ("big-2", "b")]
+    );
+    let reasons: Vec<(&str, &str, bool)> = plan
+        .unplaced
+        .iter()
+        .map(|(id, u)| (id.as_str(), u.reason.as_str(), u.never))
+        .collect();
+    let full = "no node has 2 GiB memory and 0.1 cpu free (2 nodes: 2 lack memory)";
+    assert_eq!(
+        reasons,
+        [
+            (
+                "fill-2",
+                "no node has 3 GiB memory and 0.1 cpu free (2 nodes: 2 lack memory)",
+                false
+            ),
+            ("big-3", full, false),
+            ("big-4", full, false),
+            (
+                "huge",
+                "every matching node is too small for 5 GiB memory and 0.1 cpu even when empty \
+                 (2 nodes: 2 have too little memory)",
+                true
+            ),
+        ]
+    );
+}
+
+#[test]
+fn waiting_reason_names_the_queue_policy() {
+    let nodes = vec![node("a", 8, 4, 3)];
+    let mut head = seq(req("head", 100, 2), 1);
+    head.priority = 5;
+    let pending = vec![head, seq(req("next", 100, 1), 2)];
+    let plan = schedule(
+        nodes,
+        pending,
+        &cfg(WorstFit, QueuePolicy::Priority, false),
+        0,
+    );
+    assert!(plan.placements.is_empty());
+    assert_eq!(plan.unplaced[1].0, "next");
+    assert_eq!(
+        plan.unplaced[1].1.reason,
+        "waiting behind head (queue policy priority)"
+    );
+}
