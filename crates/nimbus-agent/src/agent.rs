@@ -19,8 +19,11 @@ use tokio::sync::Notify;
 
 use crate::client::ServerClient;
 use crate::driver::process::ProcessDriver;
+use crate::driver::qemu::QemuDriver;
 use crate::driver::sim::SimDriver;
-use crate::driver::{Driver, ExitStatus, TaskConfig, TaskHandle, TaskState, LOG_FILE};
+use crate::driver::{
+    Driver, ExitStatus, TaskConfig, TaskHandle, TaskState, VmBoot, VmConfig, LOG_FILE,
+};
 
 /// Which drivers the agent runs instances with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub struct AgentConfig {
     /// How long a stopping task gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     pub drivers: DriverMode,
+    /// Forces the VM accelerator (`kvm` or `tcg`) instead of probing.
+    pub accelerator: Option<String>,
 }
 
 /// Errors that end the agent.
@@ -85,6 +90,15 @@ struct TaskRecord {
     will_restart: bool,
     /// Bytes of the log already shipped to the server.
     log_offset: u64,
+    /// VMs: the image as the server described it.
+    #[serde(default)]
+    image: Option<nimbus_api::Image>,
+    /// VMs: (host, guest) port forwards reserved on this node.
+    #[serde(default)]
+    ports: Vec<(u16, u16)>,
+    /// VMs: milliseconds from start to guest ready, once seen.
+    #[serde(default)]
+    boot_ms: Option<u64>,
     #[serde(skip)]
     restart_at: Option<Instant>,
     #[serde(skip)]
@@ -101,6 +115,10 @@ struct Agent {
     reconcile_now: Notify,
     /// Wakes the heartbeat (observed state changed).
     report_now: Notify,
+    client: Arc<ServerClient>,
+    rt: tokio::runtime::Handle,
+    /// Host ports forwarded to VMs on this node, and their owners.
+    ports: Mutex<BTreeMap<u16, String>>,
 }
 
 fn tasks_dir(data_dir: &Path) -> PathBuf {
@@ -183,6 +201,11 @@ impl Agent {
                     }
                 }
             }
+            let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+            for (h, _) in &rec.ports {
+                ports.insert(*h, rec.name.clone());
+            }
+            drop(ports);
             tasks.insert(rec.name.clone(), rec);
         }
     }
@@ -216,6 +239,7 @@ impl Agent {
             ));
         } else {
             rec.will_restart = false;
+            self.release_ports(rec);
             rec.state = if success {
                 InstanceState::Stopped
             } else {
@@ -244,13 +268,32 @@ impl Agent {
             rec.reason = Some(format!("cannot create {}: {e}", dir.display()));
             return;
         }
+        let vm = if rec.spec.kind == nimbus_api::InstanceKind::Vm {
+            match self.prepare_vm(rec) {
+                Ok(vm) => Some(vm),
+                Err(reason) => {
+                    let exit = ExitStatus {
+                        code: None,
+                        signal: None,
+                        oom_killed: false,
+                        reason,
+                    };
+                    self.on_exit(rec, exit);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let cfg = TaskConfig {
             name: rec.name.clone(),
             generation: rec.generation,
             spec: rec.spec.clone(),
             dir,
+            vm,
         };
         rec.exit = None;
+        rec.boot_ms = None;
         match driver.start(&cfg) {
             Ok(handle) => {
                 rec.handle = Some(handle);
@@ -288,6 +331,7 @@ impl Agent {
         rec.will_restart = false;
         rec.restart_at = None;
         rec.reason = Some(why.to_string());
+        self.release_ports(rec);
     }
 
     fn new_record(&self, a: &Assignment) -> TaskRecord {
@@ -307,8 +351,134 @@ impl Agent {
             consecutive_failures: 0,
             will_restart: false,
             log_offset: 0,
+            image: a.image.clone(),
+            ports: vec![],
+            boot_ms: None,
             restart_at: None,
             started: None,
+        }
+    }
+
+    /// Fetches the VM's image into the node's cache and reserves its host ports.
+    fn prepare_vm(&self, rec: &mut TaskRecord) -> Result<VmConfig, String> {
+        let image = rec
+            .image
+            .clone()
+            .ok_or_else(|| format!("image {:?} is not known to the server", rec.spec.image))?;
+        let dir = self.cfg.data_dir.join("images").join(&image.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for f in &image.files {
+            let path = dir.join(&f.name);
+            let cached = std::fs::metadata(&path)
+                .map(|m| m.len() == f.size)
+                .unwrap_or(false)
+                && std::fs::read_to_string(dir.join(format!("{}.sha256", f.name)))
+                    .map(|h| h.trim() == f.sha256)
+                    .unwrap_or(false);
+            if cached {
+                continue;
+            }
+            tracing::info!(image = %image.name, file = %f.name, bytes = f.size, "fetching image file");
+            let sha = self
+                .rt
+                .block_on(self.client.download_image_file(&image.name, &f.name, &path))
+                .map_err(|e| format!("fetching image {}: {e}", image.name))?;
+            if sha != f.sha256 {
+                let _ = std::fs::remove_file(&path);
+                return Err(format!(
+                    "image {} file {} arrived damaged (sha256 {sha}, expected {})",
+                    image.name, f.name, f.sha256
+                ));
+            }
+            std::fs::write(dir.join(format!("{}.sha256", f.name)), &sha)
+                .map_err(|e| format!("writing checksum: {e}"))?;
+        }
+        let boot = match image.kind {
+            nimbus_api::ImageKind::Kernel => VmBoot::Kernel {
+                kernel: dir.join("vmlinuz"),
+                initrd: dir.join("initrd.img"),
+                cmdline: image.cmdline.clone().unwrap_or_default(),
+            },
+            nimbus_api::ImageKind::Disk => VmBoot::Disk {
+                base: dir.join("disk"),
+                format: image.format.clone().unwrap_or_else(|| "raw".into()),
+            },
+        };
+        if rec.ports.is_empty() {
+            rec.ports = self.reserve_ports(&rec.name, &rec.spec.ports)?;
+        }
+        Ok(VmConfig {
+            boot,
+            ports: rec.ports.clone(),
+        })
+    }
+
+    /// Picks host ports: the requested ones must be free; the others are chosen so
+    /// that no two VMs on this node collide.
+    fn reserve_ports(
+        &self,
+        name: &str,
+        wanted: &[nimbus_api::PortSpec],
+    ) -> Result<Vec<(u16, u16)>, String> {
+        let mut reserved = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = |p: u16| reserved.get(&p).is_some_and(|owner| owner != name);
+        let free = |p: u16| !taken(p) && std::net::TcpListener::bind(("0.0.0.0", p)).is_ok();
+        let mut out: Vec<(u16, u16)> = Vec::new();
+        for p in wanted {
+            let host = match p.host {
+                Some(h) => {
+                    if !free(h) {
+                        return Err(format!("host port {h} is already in use on this node"));
+                    }
+                    h
+                }
+                None => (20000..30000)
+                    .find(|h| free(*h) && !out.iter().any(|o| o.0 == *h))
+                    .ok_or("no free host port between 20000 and 29999")?,
+            };
+            out.push((host, p.guest));
+        }
+        for (h, _) in &out {
+            reserved.insert(*h, name.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Pauses or resumes a running task to match the desired state, and notes when its
+    /// workload became ready.
+    fn follow_desired_pause(&self, rec: &mut TaskRecord, desired: DesiredState) {
+        let (Some(h), Some(d)) = (rec.handle.clone(), self.driver_for(&rec.spec)) else {
+            return;
+        };
+        match (desired, rec.state) {
+            (DesiredState::Paused, InstanceState::Running) => match d.pause(&h) {
+                Ok(()) => {
+                    rec.state = InstanceState::Paused;
+                    rec.reason = Some("paused by request".into());
+                }
+                Err(e) => rec.reason = Some(format!("pause failed: {e}")),
+            },
+            (DesiredState::Running, InstanceState::Paused) => match d.resume(&h) {
+                Ok(()) => {
+                    rec.state = InstanceState::Running;
+                    rec.reason = None;
+                }
+                Err(e) => rec.reason = Some(format!("resume failed: {e}")),
+            },
+            _ => {}
+        }
+        if rec.boot_ms.is_none() && rec.state == InstanceState::Running {
+            rec.boot_ms = d.readiness(&h);
+        }
+    }
+
+    /// Gives a task's host ports back to the node.
+    fn release_ports(&self, rec: &mut TaskRecord) {
+        let mut reserved = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        for (h, _) in rec.ports.drain(..) {
+            if reserved.get(&h) == Some(&rec.name) {
+                reserved.remove(&h);
+            }
         }
     }
 
@@ -345,7 +515,7 @@ impl Agent {
         for a in &assignments {
             let before = tasks
                 .get(&a.name)
-                .map(|r| (r.state, r.restarts, r.will_restart));
+                .map(|r| (r.state, r.restarts, r.will_restart, r.boot_ms));
             // An older placement of the same name: replace it.
             if tasks
                 .get(&a.name)
@@ -356,7 +526,7 @@ impl Agent {
                 }
             }
             match a.desired {
-                DesiredState::Running => {
+                DesiredState::Running | DesiredState::Paused => {
                     let rec = tasks
                         .entry(a.name.clone())
                         .or_insert_with(|| self.new_record(a));
@@ -383,6 +553,7 @@ impl Agent {
                         rec.state = InstanceState::Starting;
                         self.start_task(rec);
                     }
+                    self.follow_desired_pause(rec, a.desired);
                 }
                 DesiredState::Stopped | DesiredState::Deleted => {
                     let why = if a.desired == DesiredState::Deleted {
@@ -405,7 +576,7 @@ impl Agent {
                 }
             }
             if let Some(rec) = tasks.get(&a.name) {
-                if before != Some((rec.state, rec.restarts, rec.will_restart)) {
+                if before != Some((rec.state, rec.restarts, rec.will_restart, rec.boot_ms)) {
                     changed = true;
                     self.persist(rec);
                 }
@@ -420,6 +591,11 @@ impl Agent {
         let instances = tasks
             .values()
             .map(|rec| {
+                let details = rec
+                    .handle
+                    .as_ref()
+                    .and_then(|h| self.driver_for(&rec.spec).map(|d| d.details(h)))
+                    .unwrap_or_default();
                 let stats = rec
                     .handle
                     .as_ref()
@@ -438,6 +614,10 @@ impl Agent {
                     will_restart: rec.will_restart,
                     memory_bytes: stats.as_ref().map(|s| s.memory_bytes),
                     cpu_usage_ns: stats.as_ref().map(|s| s.cpu_usage_ns),
+                    accelerator: details.accelerator,
+                    endpoints: details.endpoints,
+                    guest_ready: rec.boot_ms.is_some() && rec.handle.is_some(),
+                    boot_ms: rec.boot_ms,
                 }
             })
             .collect();
@@ -483,6 +663,7 @@ fn build_drivers(cfg: &AgentConfig) -> HashMap<&'static str, Arc<dyn Driver>> {
     match cfg.drivers {
         DriverMode::Sim => {
             drivers.insert("process", Arc::new(SimDriver::new()));
+            drivers.insert("qemu", Arc::new(SimDriver::named("qemu")));
         }
         DriverMode::Real => match ProcessDriver::default_shim_cmd() {
             Ok(shim) => {
@@ -490,6 +671,19 @@ fn build_drivers(cfg: &AgentConfig) -> HashMap<&'static str, Arc<dyn Driver>> {
                 let d = ProcessDriver::new(cfg.data_dir.join("instances"), shim)
                     .with_cgroup_parent(format!("nimbus/{}", cfg.name));
                 if d.fingerprint().available {
+                    let qemu_proc =
+                        ProcessDriver::new(cfg.data_dir.join("instances"), d.shim_cmd())
+                            .with_cgroup_parent(format!("nimbus/{}", cfg.name));
+                    let mut qemu = QemuDriver::new(qemu_proc);
+                    if let Some(a) = &cfg.accelerator {
+                        qemu = qemu.with_accelerator(a);
+                    }
+                    let fp = qemu.fingerprint();
+                    if fp.available {
+                        drivers.insert("qemu", Arc::new(qemu));
+                    } else {
+                        tracing::warn!(facts = ?fp.facts, "qemu driver unavailable");
+                    }
                     drivers.insert("process", Arc::new(d));
                 } else {
                     tracing::warn!("process driver unavailable (no usable cgroup hierarchy)");
@@ -541,6 +735,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         facts,
     };
 
+    let client = Arc::new(ServerClient::new(&cfg.server));
     let agent = Arc::new(Agent {
         cfg: cfg.clone(),
         drivers,
@@ -548,13 +743,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         assignments: Mutex::new(None),
         reconcile_now: Notify::new(),
         report_now: Notify::new(),
+        client: client.clone(),
+        rt: tokio::runtime::Handle::current(),
+        ports: Mutex::new(BTreeMap::new()),
     });
     {
         let a = agent.clone();
         let _ = tokio::task::spawn_blocking(move || a.recover()).await;
     }
 
-    let client = Arc::new(ServerClient::new(&cfg.server));
     // Register, retrying until the server answers.
     let mut delay = Duration::from_millis(100);
     loop {

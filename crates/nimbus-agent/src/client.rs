@@ -137,3 +137,38 @@ impl ServerClient {
         Self::check(&url, resp).await.map(|_| ())
     }
 }
+
+impl ServerClient {
+    /// Downloads one image file to `dest` (via a temporary file), returning its SHA-256.
+    pub async fn download_image_file(
+        &self,
+        image: &str,
+        file: &str,
+        dest: &std::path::Path,
+    ) -> Result<String, ClientError> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let url = format!("{}/v1/images/{image}/files/{file}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        let mut resp = Self::check(&url, resp).await?;
+        let tmp = dest.with_extension("part");
+        let io = |e: std::io::Error| ClientError::Api {
+            status: 0,
+            message: format!("writing {}: {e}", tmp.display()),
+        };
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut h = sha2::Sha256::new();
+        while let Some(chunk) = resp.chunk().await.map_err(Self::transport(&url))? {
+            h.update(&chunk);
+            f.write_all(&chunk).await.map_err(io)?;
+        }
+        f.sync_all().await.map_err(io)?;
+        tokio::fs::rename(&tmp, dest).await.map_err(io)?;
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}

@@ -64,6 +64,7 @@ fn config_env(
         generation: 1,
         spec,
         dir: dir.to_path_buf(),
+        vm: None,
     }
 }
 

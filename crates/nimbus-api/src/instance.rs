@@ -92,7 +92,59 @@ pub struct InstanceSpec {
     /// Labels a node must carry (all of them, equal values) to run this instance.
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// VM only: the image to boot (see `/v1/images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// VM only: virtual CPUs (defaults to the cpu request rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// VM only: TCP ports forwarded from the node to the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// VM only: cloud-init user-data (a `#!` script or `#cloud-config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// VM only: SSH public keys installed by cloud-init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
 }
+
+/// A TCP port forwarded from the node to a VM guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Port on the node; chosen by the node when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u16>,
+    /// Port in the guest.
+    pub guest: u16,
+}
+
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+    /// `8080:80` (host:guest) or `80` (the node picks the host port).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("port {s:?} is invalid: use HOST:GUEST (8080:80) or GUEST (80)");
+        let parse = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+        match s.split_once(':') {
+            Some((h, g)) => Ok(PortSpec {
+                host: Some(parse(h).ok_or_else(bad)?),
+                guest: parse(g).ok_or_else(bad)?,
+            }),
+            None => Ok(PortSpec {
+                host: None,
+                guest: parse(s).ok_or_else(bad)?,
+            }),
+        }
+    }
+}
+
+/// Largest accepted user-data, in bytes (what fits a NoCloud seed comfortably).
+pub const MAX_USER_DATA_BYTES: usize = 64 * 1024;
+/// Memory a QEMU process needs beyond the guest's RAM; counted against the node.
+pub const QEMU_OVERHEAD_MIB: u64 = 64;
+/// Most virtual CPUs one VM may have.
+pub const MAX_VCPUS: u32 = 255;
 
 impl InstanceSpec {
     /// Checks the spec for values that can never work, with a message a person can act on.
@@ -122,9 +174,7 @@ impl InstanceSpec {
                     );
                 }
             }
-            InstanceKind::Vm => {
-                return Err("kind \"vm\" is not supported by this server yet".into());
-            }
+            InstanceKind::Vm => self.validate_vm()?,
         }
         let bytes: usize = self.command.iter().map(|a| a.len() + 1).sum();
         if bytes > MAX_COMMAND_BYTES {
@@ -147,7 +197,82 @@ impl InstanceSpec {
                 ));
             }
         }
+        if self.kind == InstanceKind::Process
+            && (self.image.is_some()
+                || self.vcpus.is_some()
+                || !self.ports.is_empty()
+                || self.user_data.is_some()
+                || !self.ssh_authorized_keys.is_empty())
+        {
+            return Err(
+                "image, vcpus, ports, user_data and ssh_authorized_keys are for VMs: add --vm \
+                 (kind \"vm\")"
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    fn validate_vm(&self) -> Result<(), String> {
+        if !self.command.is_empty() {
+            return Err("a VM runs its image, not a command: drop the command or the --vm".into());
+        }
+        match &self.image {
+            None => return Err("a VM needs an image: give --image NAME or --disk FILE".into()),
+            Some(i) => crate::validate_name("image", i)?,
+        }
+        if let Some(v) = self.vcpus {
+            if v == 0 || v > MAX_VCPUS {
+                return Err(format!("vcpus {v} is out of range: 1 to {MAX_VCPUS}"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.ports {
+            if p.guest == 0 || p.host == Some(0) {
+                return Err("ports must be between 1 and 65535".into());
+            }
+            if let Some(h) = p.host {
+                if !seen.insert(h) {
+                    return Err(format!("host port {h} is forwarded twice"));
+                }
+            }
+        }
+        if let Some(u) = &self.user_data {
+            if u.len() > MAX_USER_DATA_BYTES {
+                return Err(format!(
+                    "user-data is {} bytes; at most {MAX_USER_DATA_BYTES} bytes are accepted",
+                    u.len()
+                ));
+            }
+        }
+        for k in &self.ssh_authorized_keys {
+            if !k.starts_with("ssh-") && !k.starts_with("ecdsa-") && !k.starts_with("sk-") {
+                return Err(format!(
+                    "{:?} does not look like an SSH public key (expected ssh-ed25519 AAAA...)",
+                    k.chars().take(30).collect::<String>()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Virtual CPUs of a VM: the declared count, or the cpu request rounded up.
+    pub fn vm_vcpus(&self) -> u32 {
+        self.vcpus
+            .unwrap_or_else(|| self.cpu_millis.div_ceil(1000).max(1) as u32)
+    }
+
+    /// What the instance costs its node: for VMs, the guest memory plus QEMU's own.
+    pub fn node_resources(&self) -> crate::Resources {
+        let overhead = match self.kind {
+            InstanceKind::Vm => QEMU_OVERHEAD_MIB,
+            InstanceKind::Process => 0,
+        };
+        crate::Resources {
+            cpu_millis: self.cpu_millis,
+            memory_mib: self.memory_mib.saturating_add(overhead),
+            disk_mib: self.disk_mib,
+        }
     }
 }
 
@@ -164,6 +289,8 @@ pub struct CreateInstance {
 #[serde(rename_all = "snake_case")]
 pub enum DesiredState {
     Running,
+    /// Running but frozen (VMs only).
+    Paused,
     Stopped,
     Deleted,
 }
@@ -192,6 +319,8 @@ pub enum InstanceState {
     Starting,
     /// Its process runs.
     Running,
+    /// A VM frozen by request (QMP `stop`); resumes where it was.
+    Paused,
     /// The node is stopping it.
     Stopping,
     /// Not running, by request or after a clean exit; holds no resources.
@@ -203,11 +332,12 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 8] = [
+    pub const ALL: [InstanceState; 9] = [
         InstanceState::Pending,
         InstanceState::Scheduled,
         InstanceState::Starting,
         InstanceState::Running,
+        InstanceState::Paused,
         InstanceState::Stopping,
         InstanceState::Stopped,
         InstanceState::Failed,
@@ -220,6 +350,7 @@ impl InstanceState {
             InstanceState::Scheduled => "scheduled",
             InstanceState::Starting => "starting",
             InstanceState::Running => "running",
+            InstanceState::Paused => "paused",
             InstanceState::Stopping => "stopping",
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
@@ -239,7 +370,11 @@ impl InstanceState {
                     Starting | Running | Stopping | Stopped | Failed | Pending
                 )
                 | (Starting, Running | Stopping | Stopped | Failed | Pending)
-                | (Running, Starting | Stopping | Stopped | Failed | Pending)
+                | (
+                    Running,
+                    Starting | Paused | Stopping | Stopped | Failed | Pending
+                )
+                | (Paused, Running | Stopping | Stopped | Failed | Pending)
                 | (Stopping, Stopped | Failed | Deleted)
                 | (Stopped, Pending | Deleted)
                 | (
@@ -321,6 +456,18 @@ pub struct Instance {
     /// True while a failed instance waits for a restart by its restart policy.
     #[serde(default)]
     pub will_restart: bool,
+    /// VMs: `kvm` or `tcg`, as chosen by the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    /// VMs: forwarded ports as `HOST_PORT->GUEST_PORT/tcp` on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// VMs: the guest reported it finished booting (console marker).
+    #[serde(default)]
+    pub guest_ready: bool,
+    /// VMs: milliseconds from QEMU start to guest ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ms: Option<u64>,
     /// Order of arrival in the queue (monotonic); first-come-first-served uses it.
     pub queue_seq: u64,
     /// Unix milliseconds.
@@ -340,7 +487,7 @@ impl Instance {
         use InstanceState::*;
         self.node.is_some()
             && match self.state {
-                Scheduled | Starting | Running | Stopping => true,
+                Scheduled | Starting | Running | Paused | Stopping => true,
                 Failed => self.will_restart,
                 Pending | Stopped | Deleted => false,
             }

@@ -5,11 +5,13 @@
 //! - [`instance`]: instance specs, status, and the lifecycle state machine.
 //! - [`node`]: node registration, capacity, heartbeats and assignments.
 //! - [`event`]: the event log.
+//! - [`image`]: VM images kept by the server.
 //! - [`error`]: the one JSON error shape and its codes.
 //! - [`specfile`]: the TOML spec file read by `nimbus apply`.
 
 pub mod error;
 pub mod event;
+pub mod image;
 pub mod instance;
 pub mod node;
 pub mod specfile;
@@ -17,9 +19,10 @@ pub mod units;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{Event, EventList};
+pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage};
 pub use instance::{
     CreateInstance, DesiredState, Instance, InstanceKind, InstanceList, InstanceSpec,
-    InstanceState, RestartPolicy, TransitionError,
+    InstanceState, PortSpec, RestartPolicy, TransitionError,
 };
 pub use node::{
     Assignment, Assignments, Heartbeat, InstanceReport, Node, NodeList, NodeState, RegisterNode,

@@ -41,12 +41,9 @@ impl Resources {
 }
 
 impl From<&InstanceSpec> for Resources {
+    /// What the instance costs its node (VM memory includes QEMU's overhead).
     fn from(s: &InstanceSpec) -> Self {
-        Resources {
-            cpu_millis: s.cpu_millis,
-            memory_mib: s.memory_mib,
-            disk_mib: s.disk_mib,
-        }
+        s.node_resources()
     }
 }
 
@@ -138,6 +135,14 @@ pub struct InstanceReport {
     /// CPU time used in nanoseconds, when running.
     #[serde(default)]
     pub cpu_usage_ns: Option<u64>,
+    #[serde(default)]
+    pub accelerator: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub guest_ready: bool,
+    #[serde(default)]
+    pub boot_ms: Option<u64>,
 }
 
 /// Body of `POST /v1/nodes/{name}/heartbeat`.
@@ -156,6 +161,9 @@ pub struct Assignment {
     pub generation: u64,
     pub desired: DesiredState,
     pub restart_nonce: u64,
+    /// VMs: the image, resolved by the server, so the node can fetch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::image::Image>,
 }
 
 /// Answer of `GET /v1/nodes/{name}/assignments`: the full set for that node.

@@ -62,6 +62,19 @@ pub struct InstanceEntry {
     pub expected_runtime_secs: Option<u64>,
     #[serde(default)]
     pub node_selector: BTreeMap<String, String>,
+    /// VMs: image name.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// VMs: `["8080:80", "22"]`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// VMs: user-data text.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 impl InstanceEntry {
@@ -88,6 +101,16 @@ impl InstanceEntry {
                 priority: self.priority,
                 expected_runtime_secs: self.expected_runtime_secs,
                 node_selector: self.node_selector.clone(),
+                image: self.image.clone(),
+                vcpus: self.vcpus,
+                ports: self
+                    .ports
+                    .iter()
+                    .map(|p| p.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(ctx)?,
+                user_data: self.user_data.clone(),
+                ssh_authorized_keys: self.ssh_authorized_keys.clone(),
             },
         })
     }

@@ -17,6 +17,7 @@ use crate::error::{Result, ServerError};
 
 pub const INSTANCE: &str = "instance";
 pub const NODE: &str = "node";
+pub const IMAGE: &str = "image";
 /// Page size used when the server scans a whole kind.
 const SCAN_PAGE: usize = 1000;
 /// Compare-and-swap retries before giving up with a conflict.
@@ -46,13 +47,19 @@ pub struct Cluster {
     pub heartbeats: Mutex<HashMap<String, Instant>>,
     pub usage: Mutex<HashMap<String, Usage>>,
     pub logs: crate::logs::LogStore,
+    pub images: crate::images::ImageFiles,
 }
 
 impl Cluster {
-    pub fn new(store: Arc<dyn Store>, logs: crate::logs::LogStore) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        logs: crate::logs::LogStore,
+        images: crate::images::ImageFiles,
+    ) -> Self {
         Cluster {
             store,
             logs,
+            images,
             schedule_now: Notify::new(),
             heartbeats: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
@@ -226,6 +233,9 @@ impl Cluster {
                 req.name
             )));
         }
+        if req.spec.kind == nimbus_api::InstanceKind::Vm {
+            self.check_vm(&req)?;
+        }
         self.check_ever_fits(&req)?;
         let now = now_ms();
         let mut inst = Instance {
@@ -242,6 +252,10 @@ impl Cluster {
             reason: Some("waiting for the scheduler".into()),
             restarts: 0,
             will_restart: false,
+            accelerator: None,
+            endpoints: vec![],
+            guest_ready: false,
+            boot_ms: None,
             queue_seq: self.store.next_sequence("queue")?,
             created_at_ms: now,
             queued_at_ms: now,
@@ -364,6 +378,9 @@ impl Cluster {
             inst.pid = None;
             inst.exit_code = None;
             inst.will_restart = false;
+            inst.guest_ready = false;
+            inst.boot_ms = None;
+            inst.endpoints.clear();
             inst.reason = Some("waiting for the scheduler".into());
             inst.queued_at_ms = now_ms();
             Ok(true)
@@ -385,7 +402,7 @@ impl Cluster {
         let inst = self.modify_instance(name, |inst| {
             use InstanceState::*;
             match inst.state {
-                Scheduled | Starting | Running | Failed => {}
+                Scheduled | Starting | Running | Paused | Failed => {}
                 _ => {
                     return Err(Self::refuse(
                         inst,
@@ -454,6 +471,166 @@ impl Cluster {
         self.logs.remove(&inst.name);
         self.event("instance_deleted", "instance", &inst.name, "");
         self.schedule_now.notify_one();
+    }
+
+    /// Pauses a running VM (QMP `stop`); its node confirms with state `paused`.
+    pub fn pause_instance(&self, name: &str) -> Result<Instance> {
+        let inst = self.modify_instance(name, |inst| {
+            if inst.kind != nimbus_api::InstanceKind::Vm {
+                return Err(ServerError::InvalidState(format!(
+                    "cannot pause instance {:?}: only VMs can be paused",
+                    inst.name
+                )));
+            }
+            if inst.state != InstanceState::Running || inst.desired != DesiredState::Running {
+                return Err(Self::refuse(
+                    inst,
+                    "pause",
+                    "; only running VMs can be paused",
+                ));
+            }
+            inst.desired = DesiredState::Paused;
+            Ok(true)
+        })?;
+        self.event("instance_pause_requested", "instance", name, "");
+        Ok(inst)
+    }
+
+    /// Resumes a paused VM.
+    pub fn resume_instance(&self, name: &str) -> Result<Instance> {
+        let inst = self.modify_instance(name, |inst| {
+            if inst.desired != DesiredState::Paused {
+                return Err(Self::refuse(
+                    inst,
+                    "resume",
+                    "; only paused VMs can be resumed",
+                ));
+            }
+            inst.desired = DesiredState::Running;
+            Ok(true)
+        })?;
+        self.event("instance_resume_requested", "instance", name, "");
+        Ok(inst)
+    }
+
+    /// VM checks that need cluster state: the image exists, host ports are free.
+    fn check_vm(&self, req: &CreateInstance) -> Result<()> {
+        if let Some(image) = &req.spec.image {
+            if self.get_image(image).is_err() {
+                return Err(ServerError::InvalidRequest(format!(
+                    "image {image:?} not found: build it with `nimbus image build tiny`, import \
+                     one with `nimbus image import NAME FILE`, or list them with `nimbus image list`"
+                )));
+            }
+        }
+        let wanted: Vec<u16> = req.spec.ports.iter().filter_map(|p| p.host).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for other in self.all_instances()? {
+            if other.name == req.name
+                || !(other.holds_resources() || other.state == InstanceState::Pending)
+            {
+                continue;
+            }
+            for p in other.spec.ports.iter().filter_map(|p| p.host) {
+                if wanted.contains(&p) {
+                    return Err(ServerError::AlreadyExists(format!(
+                        "host port {p} is already forwarded to instance {:?}: pick another \
+                         port or leave the host port out (--port {}) to get a free one",
+                        other.name,
+                        req.spec
+                            .ports
+                            .iter()
+                            .find(|x| x.host == Some(p))
+                            .map(|x| x.guest)
+                            .unwrap_or(0)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- images --------------------------------------------------------------------
+
+    pub fn get_image(&self, name: &str) -> Result<nimbus_api::Image> {
+        self.store
+            .get_typed::<nimbus_api::Image>(IMAGE, name)?
+            .map(|(mut i, rev)| {
+                i.revision = rev;
+                i
+            })
+            .ok_or_else(|| ServerError::NotFound {
+                kind: "image",
+                name: name.to_string(),
+            })
+    }
+
+    pub fn all_images(&self) -> Result<Vec<nimbus_api::Image>> {
+        Ok(self
+            .store
+            .list_typed::<nimbus_api::Image>(IMAGE, None, usize::MAX >> 1)?
+            .into_iter()
+            .map(|(mut i, rev)| {
+                i.revision = rev;
+                i
+            })
+            .collect())
+    }
+
+    /// Checks uploaded files and records the image.
+    pub fn register_image(&self, req: nimbus_api::RegisterImage) -> Result<nimbus_api::Image> {
+        validate_name("image", &req.name).map_err(ServerError::InvalidRequest)?;
+        if self.get_image(&req.name).is_ok() {
+            return Err(ServerError::AlreadyExists(format!(
+                "image {:?} already exists; delete it first to replace it",
+                req.name
+            )));
+        }
+        let mut img = match self
+            .images
+            .register(&req.name, req.kind, req.cmdline.clone())
+        {
+            Ok(i) => i,
+            Err(e) => {
+                self.images.discard_upload(&req.name);
+                return Err(e);
+            }
+        };
+        match self.store.create_typed(IMAGE, &img.name, &img) {
+            Ok(rev) => img.revision = rev,
+            Err(e) => {
+                self.images.remove(&img.name);
+                return Err(e.into());
+            }
+        }
+        self.event(
+            "image_registered",
+            "image",
+            &img.name,
+            format!("{:?}, {} bytes", img.kind, img.size()).to_lowercase(),
+        );
+        Ok(img)
+    }
+
+    /// Deletes an image unless an instance that still runs (or will) uses it.
+    pub fn delete_image(&self, name: &str) -> Result<nimbus_api::Image> {
+        let img = self.get_image(name)?;
+        if let Some(user) = self.all_instances()?.into_iter().find(|i| {
+            i.spec.image.as_deref() == Some(name)
+                && i.state != InstanceState::Stopped
+                && i.state != InstanceState::Failed
+        }) {
+            return Err(ServerError::InvalidState(format!(
+                "image {name:?} is used by instance {:?}; stop or delete it first",
+                user.name
+            )));
+        }
+        self.store.delete(IMAGE, name, img.revision)?;
+        self.images.remove(name);
+        self.event("image_deleted", "image", name, "");
+        Ok(img)
     }
 
     // ---- nodes and agents ----------------------------------------------------------
@@ -592,36 +769,28 @@ impl Cluster {
                 remove = Some(inst.revision);
                 return Ok(false);
             }
-            let before = (
-                inst.state,
-                inst.pid,
-                inst.exit_code,
-                inst.reason.clone(),
-                inst.restarts,
-                inst.will_restart,
-            );
+            if next == InstanceState::Paused && inst.desired != DesiredState::Paused {
+                return Ok(false);
+            }
+            let before = inst.clone();
             inst.state = next;
             inst.pid = r.pid;
             inst.exit_code = r.exit_code;
             inst.reason = r.reason.clone();
             inst.restarts = r.restarts;
             inst.will_restart = r.will_restart;
+            inst.accelerator = r.accelerator.clone();
+            inst.endpoints = r.endpoints.clone();
+            inst.guest_ready = r.guest_ready;
+            inst.boot_ms = r.boot_ms;
             if inst.state == InstanceState::Stopped && inst.desired == DesiredState::Running {
                 // Exited on its own and will not be restarted.
                 inst.will_restart = false;
             }
-            let after = (
-                inst.state,
-                inst.pid,
-                inst.exit_code,
-                inst.reason.clone(),
-                inst.restarts,
-                inst.will_restart,
-            );
-            if before.0 != after.0 {
-                changed_to = Some(after.0);
+            if before.state != inst.state {
+                changed_to = Some(inst.state);
             }
-            Ok(before != after)
+            Ok(before != *inst)
         })?;
         if let Some(rev) = remove {
             match self.store.delete(INSTANCE, &r.name, rev) {
@@ -651,6 +820,7 @@ impl Cluster {
                     && (i.is_assigned() || i.state == InstanceState::Stopping)
             })
             .map(|i| Assignment {
+                image: i.spec.image.as_ref().and_then(|n| self.get_image(n).ok()),
                 name: i.name,
                 spec: i.spec,
                 generation: i.generation,

@@ -7,11 +7,13 @@
 //! - [`reconcile`]: scheduler loop and node liveness loop.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`logs`]: instance output shipped by agents.
+//! - [`images`]: VM image files: upload checks and storage.
 //! - [`error`]: the server's error type and its one mapping to HTTP.
 
 pub mod cluster;
 pub mod error;
 pub mod http;
+pub mod images;
 pub mod logs;
 pub mod metrics;
 pub mod reconcile;
@@ -70,7 +72,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     })?;
     let store = Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db"))?);
     let logs = logs::LogStore::new(cfg.data_dir.join("logs"));
-    let cluster = Arc::new(Cluster::new(store, logs));
+    let images = images::ImageFiles::new(cfg.data_dir.join("images"));
+    let cluster = Arc::new(Cluster::new(store, logs, images));
     let metrics = Arc::new(metrics::Metrics::new());
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)

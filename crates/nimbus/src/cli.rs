@@ -44,6 +44,9 @@ pub enum Command {
     /// Inspect nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Build, import, list and delete VM images.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Show the event log.
     Events {
         /// Keep printing new events.
@@ -99,6 +102,9 @@ pub struct NodeOptions {
     /// Run instances with the simulated driver (no real processes).
     #[arg(long, hide = true)]
     pub sim: bool,
+    /// VM accelerator: kvm or tcg (default: probe by booting a guest with KVM).
+    #[arg(long)]
+    pub accel: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +164,17 @@ pub enum InstanceCommand {
     Start { name: String },
     /// Restart an instance.
     Restart { name: String },
+    /// Pause a running VM.
+    Pause { name: String },
+    /// Resume a paused VM.
+    Resume { name: String },
+    /// Print a VM's serial console (its output log).
+    Console {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Delete an instance (stopping it first).
     Delete { name: String },
 }
@@ -165,15 +182,12 @@ pub enum InstanceCommand {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     pub name: String,
-    /// CPU cores, e.g. 0.5 or 500m.
-    #[arg(long, default_value = "0.25")]
-    pub cpu: String,
+    /// CPU cores, e.g. 0.5 or 500m (default 0.25; VMs: the vcpus).
+    #[arg(long)]
+    pub cpu: Option<String>,
     /// Memory limit, e.g. 64Mi or 1Gi.
     #[arg(long, default_value = "128Mi", allow_hyphen_values = true)]
     pub memory: String,
-    /// Disk to reserve, e.g. 1Gi.
-    #[arg(long)]
-    pub disk: Option<String>,
     /// Restart policy: never, on-failure or always.
     #[arg(long, default_value = "never")]
     pub restart: String,
@@ -192,9 +206,54 @@ pub struct CreateArgs {
     /// Working directory of the command.
     #[arg(long)]
     pub workdir: Option<String>,
+    /// Create a virtual machine (QEMU) instead of a process.
+    #[arg(long)]
+    pub vm: bool,
+    /// VM image to boot (see `nimbus image list`).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// VM disk file (raw or qcow2) to import and boot, e.g. a stock cloud image.
+    #[arg(long = "disk", conflicts_with = "image")]
+    pub disk_file: Option<PathBuf>,
+    /// Disk to reserve on the node, e.g. 4Gi (VMs: the size of the instance's disk).
+    #[arg(long)]
+    pub disk_size: Option<String>,
+    /// VM virtual CPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// VM port forward HOST:GUEST or GUEST (repeatable).
+    #[arg(long = "port", short = 'p')]
+    pub ports: Vec<String>,
+    /// VM cloud-init user-data file (a #! script or #cloud-config).
+    #[arg(long)]
+    pub user_data: Option<PathBuf>,
+    /// VM SSH public key file for cloud-init (repeatable).
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<PathBuf>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image from Debian packages (`tiny`: kernel + busybox initramfs).
+    Build {
+        /// Which image to build.
+        #[arg(value_parser = ["tiny"])]
+        recipe: String,
+        /// Name to register it under (default: the recipe's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Import a disk image file (raw or qcow2).
+    Import { name: String, file: PathBuf },
+    /// List images.
+    List,
+    /// Show one image.
+    Show { name: String },
+    /// Delete an image.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,4 +262,15 @@ pub enum NodeCommand {
     List,
     /// Show one node.
     Show { name: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -190,3 +190,64 @@ impl ApiClient {
         .await
     }
 }
+
+impl ApiClient {
+    /// Uploads one image file, calling `progress(bytes_sent)` as it goes.
+    pub async fn upload_image_file(
+        &self,
+        name: &str,
+        file: &str,
+        path: &std::path::Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<(), ClientError> {
+        use futures_util::StreamExt;
+        let f = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Api {
+                status: 0,
+                code: String::new(),
+                message: format!("opening {}: {e}", path.display()),
+            })?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let mut sent = 0u64;
+        let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20).map(move |chunk| {
+            if let Ok(c) = &chunk {
+                sent += c.len() as u64;
+                progress(sent);
+            }
+            chunk
+        });
+        self.send(
+            self.http
+                .put(self.url(&format!("/v1/images/{name}/files/{file}")))
+                .header("content-type", "application/octet-stream")
+                .header("content-length", len)
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn register_image(
+        &self,
+        req: &nimbus_api::RegisterImage,
+    ) -> Result<nimbus_api::Image, ClientError> {
+        self.json(self.http.post(self.url("/v1/images")).json(req))
+            .await
+    }
+
+    pub async fn list_images(&self) -> Result<Vec<nimbus_api::Image>, ClientError> {
+        let l: nimbus_api::ImageList = self.json(self.http.get(self.url("/v1/images"))).await?;
+        Ok(l.items)
+    }
+
+    pub async fn get_image(&self, name: &str) -> Result<nimbus_api::Image, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/images/{name}"))))
+            .await
+    }
+
+    pub async fn delete_image(&self, name: &str) -> Result<nimbus_api::Image, ClientError> {
+        self.json(self.http.delete(self.url(&format!("/v1/images/{name}"))))
+            .await
+    }
+}

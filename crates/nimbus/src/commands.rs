@@ -36,6 +36,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Events { follow } => events(&api, out, follow).await,
+        Command::Image(c) => crate::images::run(&api, out, c).await,
         Command::Openapi => {
             println!("{}", nimbus_server::http::openapi_json());
             Ok(0)
@@ -44,25 +45,76 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 fn create_request(a: &CreateArgs) -> Result<CreateInstance> {
-    let cpu_millis = parse_cpu_millis(&a.cpu).map_err(|e| anyhow!("--cpu: {e}"))?;
+    let kind = if a.vm || a.image.is_some() || a.disk_file.is_some() {
+        InstanceKind::Vm
+    } else {
+        InstanceKind::Process
+    };
+    let cpu_millis = match (&a.cpu, kind) {
+        (Some(c), _) => parse_cpu_millis(c).map_err(|e| anyhow!("--cpu: {e}"))?,
+        (None, InstanceKind::Vm) => u64::from(a.vcpus.unwrap_or(1)) * 1000,
+        (None, InstanceKind::Process) => 250,
+    };
     let memory_mib = parse_memory_mib(&a.memory).map_err(|e| anyhow!("--memory: {e}"))?;
     let disk_mib = a
-        .disk
+        .disk_size
         .as_deref()
         .map(parse_memory_mib)
         .transpose()
-        .map_err(|e| anyhow!("--disk: {e}"))?
+        .map_err(|e| anyhow!("--disk-size: {e}"))?
         .unwrap_or(0);
     let restart: RestartPolicy =
         serde_json::from_value(serde_json::Value::String(a.restart.clone()))
             .map_err(|_| anyhow!("--restart {:?}: use never, on-failure or always", a.restart))?;
-    if a.command.is_empty() {
+    if kind == InstanceKind::Process && a.command.is_empty() {
         bail!("no command given: put it after --, e.g. nimbus instance create web -- python3 -m http.server 9000");
     }
+    let ports = a
+        .ports
+        .iter()
+        .map(|p| {
+            p.parse::<nimbus_api::PortSpec>()
+                .map_err(|e| anyhow!("--port: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let user_data = match &a.user_data {
+        Some(p) => {
+            let len = std::fs::metadata(p)
+                .with_context(|| format!("--user-data: reading {}", p.display()))?
+                .len();
+            if len > nimbus_api::instance::MAX_USER_DATA_BYTES as u64 {
+                bail!(
+                    "--user-data: {} is {len} bytes; at most {} bytes are accepted",
+                    p.display(),
+                    nimbus_api::instance::MAX_USER_DATA_BYTES
+                );
+            }
+            Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("--user-data: reading {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut ssh_authorized_keys = Vec::new();
+    for p in &a.ssh_keys {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("--ssh-key: reading {}", p.display()))?;
+        ssh_authorized_keys.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from),
+        );
+    }
+    let image = match (&a.image, &a.disk_file) {
+        (Some(i), _) => Some(i.clone()),
+        (None, Some(_)) => Some(format!("{}-disk", a.name)),
+        (None, None) => None,
+    };
     Ok(CreateInstance {
         name: a.name.clone(),
         spec: InstanceSpec {
-            kind: InstanceKind::Process,
+            kind,
             command: a.command.clone(),
             env: run::parse_kv(&a.env, "--env")?,
             workdir: a.workdir.clone(),
@@ -73,6 +125,11 @@ fn create_request(a: &CreateArgs) -> Result<CreateInstance> {
             priority: a.priority,
             expected_runtime_secs: a.expected_runtime,
             node_selector: run::parse_kv(&a.node_selector, "--node-selector")?,
+            image,
+            vcpus: a.vcpus,
+            ports,
+            user_data,
+            ssh_authorized_keys,
         },
     })
 }
@@ -82,6 +139,12 @@ async fn instance(api: &ApiClient, out: Output, c: InstanceCommand) -> Result<i3
         InstanceCommand::Create(a) => {
             let req = create_request(&a)?;
             nimbus_api::validate_name("instance", &req.name).map_err(|e| anyhow!(e))?;
+            req.spec.validate().map_err(|e| anyhow!(e))?;
+            if let (Some(file), Some(image)) = (&a.disk_file, &req.spec.image) {
+                if api.get_image(image).await.is_err() {
+                    crate::images::import_disk(api, image, file).await?;
+                }
+            }
             let (inst, created) = api.create_instance(&req).await?;
             if out == Output::Json {
                 println!("{}", output::json(&inst));
@@ -103,7 +166,11 @@ async fn instance(api: &ApiClient, out: Output, c: InstanceCommand) -> Result<i3
         InstanceCommand::Show { name } => {
             println!("{}", output::instance(out, &api.get_instance(&name).await?));
         }
-        InstanceCommand::Logs { name, follow } => logs(api, &name, follow).await?,
+        InstanceCommand::Logs { name, follow } | InstanceCommand::Console { name, follow } => {
+            logs(api, &name, follow).await?
+        }
+        InstanceCommand::Pause { name } => action(api, out, &name, "pause").await?,
+        InstanceCommand::Resume { name } => action(api, out, &name, "resume").await?,
         InstanceCommand::Stop { name } => action(api, out, &name, "stop").await?,
         InstanceCommand::Start { name } => action(api, out, &name, "start").await?,
         InstanceCommand::Restart { name } => action(api, out, &name, "restart").await?,

@@ -6,11 +6,13 @@
 //! - `run`: the long-running roles (`up`, `server`, `agent`).
 //! - `commands`: client commands, one function each.
 //! - `client`: the typed HTTP client.
+//! - `images`: image build, import and listing.
 //! - `output`: tables and JSON.
 
 mod cli;
 mod client;
 mod commands;
+mod images;
 mod output;
 mod run;
 

@@ -79,6 +79,24 @@ pub fn instance(out: Output, i: &Instance) -> String {
             "restart policy",
             json(&i.spec.restart).trim_matches('"').to_string(),
         ),
+        ("image", opt(i.spec.image.clone())),
+        ("accelerator", opt(i.accelerator.clone())),
+        (
+            "endpoints",
+            if i.endpoints.is_empty() {
+                "-".into()
+            } else {
+                i.endpoints.join(", ")
+            },
+        ),
+        (
+            "guest ready",
+            match (i.guest_ready, i.boot_ms) {
+                (true, Some(ms)) => format!("yes, {ms} ms after start"),
+                (true, None) => "yes".into(),
+                _ => "no".into(),
+            },
+        ),
         ("age", age(i.created_at_ms)),
     ];
     rows.iter()
@@ -158,4 +176,21 @@ pub fn event_line(e: &Event) -> String {
         e.object,
         e.message
     )
+}
+
+pub fn images(out: Output, items: &[nimbus_api::Image]) -> String {
+    if out == Output::Json {
+        return json(&items);
+    }
+    let mut t = table(&["NAME", "KIND", "FORMAT", "SIZE", "AGE"]);
+    for i in items {
+        t.add_row(vec![
+            i.name.clone(),
+            format!("{:?}", i.kind).to_lowercase(),
+            i.format.clone().unwrap_or_else(|| "-".into()),
+            format_mib(i.size().div_ceil(1024 * 1024)),
+            age(i.created_at_ms),
+        ]);
+    }
+    t.to_string()
 }

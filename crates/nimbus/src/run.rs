@@ -102,6 +102,11 @@ pub fn agent_config(
         } else {
             DriverMode::Real
         },
+        accelerator: match o.accel.as_deref() {
+            None => None,
+            Some(a @ ("kvm" | "tcg")) => Some(a.to_string()),
+            Some(other) => bail!("--accel {other:?}: use kvm or tcg"),
+        },
     })
 }
 

@@ -4,6 +4,8 @@
 
 pub(crate) mod cgroup;
 pub mod process;
+pub mod qemu;
+pub mod qmp;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -35,6 +37,12 @@ pub enum DriverError {
     /// The driver cannot run on this node.
     #[error("driver unavailable: {0}")]
     Unavailable(String),
+    /// The operation does not apply to this kind of task.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A QMP exchange with QEMU failed.
+    #[error("QMP {socket}: {message}")]
+    Qmp { socket: String, message: String },
 }
 
 /// What fingerprinting found: whether the driver works here and facts about the node.
@@ -54,6 +62,29 @@ pub struct TaskConfig {
     /// A directory owned by this task (status files, working dir). The driver writes
     /// the task's stdout and stderr, interleaved, to [`LOG_FILE`] in it.
     pub dir: PathBuf,
+    /// VMs: the image files on this node and the resolved port forwards.
+    pub vm: Option<VmConfig>,
+}
+
+/// What the QEMU driver needs beyond the spec, resolved by the agent.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub boot: VmBoot,
+    /// (host port, guest port) pairs, already reserved on this node.
+    pub ports: Vec<(u16, u16)>,
+}
+
+/// How a VM boots.
+#[derive(Debug, Clone)]
+pub enum VmBoot {
+    /// Direct kernel boot.
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+    },
+    /// A base disk (read-only; the instance writes to its own overlay).
+    Disk { base: PathBuf, format: String },
 }
 
 /// Serializable handle to a started task; persisted by the agent so that it can
@@ -130,4 +161,34 @@ pub trait Driver: Send + Sync {
     fn recover(&self, handle: &TaskHandle) -> Result<bool, DriverError>;
     /// Current resource usage.
     fn stats(&self, handle: &TaskHandle) -> Result<TaskStats, DriverError>;
+    /// Freezes a running task (VMs: QMP `stop`).
+    fn pause(&self, _handle: &TaskHandle) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "{} tasks cannot be paused",
+            self.name()
+        )))
+    }
+    /// Unfreezes a paused task (VMs: QMP `cont`).
+    fn resume(&self, _handle: &TaskHandle) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "{} tasks cannot be resumed",
+            self.name()
+        )))
+    }
+    /// Whether the workload inside is ready (VMs: the guest finished booting), with the
+    /// milliseconds it took from start. Processes are ready once they run.
+    fn readiness(&self, _handle: &TaskHandle) -> Option<u64> {
+        Some(0)
+    }
+    /// Details for the instance status: accelerator, endpoints.
+    fn details(&self, _handle: &TaskHandle) -> TaskDetails {
+        TaskDetails::default()
+    }
+}
+
+/// Driver-specific status shown to users.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskDetails {
+    pub accelerator: Option<String>,
+    pub endpoints: Vec<String>,
 }

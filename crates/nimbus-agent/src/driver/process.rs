@@ -81,6 +81,11 @@ impl ProcessDriver {
         }
     }
 
+    /// The command that starts a shim (before its config-file argument).
+    pub fn shim_cmd(&self) -> Vec<OsString> {
+        self.shim_cmd.clone()
+    }
+
     /// `[current_exe, "__shim"]`: this very binary, routed to [`crate::shim::main`].
     pub fn default_shim_cmd() -> io::Result<Vec<OsString>> {
         Ok(vec![

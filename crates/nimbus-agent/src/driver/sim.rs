@@ -299,6 +299,7 @@ mod tests {
             generation: 1,
             spec,
             dir: format!("/nonexistent/{name}").into(),
+            vm: None,
         }
     }
 

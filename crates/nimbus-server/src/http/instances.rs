@@ -158,6 +158,32 @@ pub async fn restart_instance(
     Ok(Json(blocking(move || c.restart_instance(&name)).await?))
 }
 
+/// Pause a running VM (QMP `stop`): the guest freezes; state becomes `paused`.
+#[utoipa::path(post, path = "/v1/instances/{name}/pause", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses((status = 200, body = Instance), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not a running VM", body = ErrorBody)))]
+pub async fn pause_instance(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Instance>> {
+    let c = app.cluster.clone();
+    Ok(Json(blocking(move || c.pause_instance(&name)).await?))
+}
+
+/// Resume a paused VM (QMP `cont`).
+#[utoipa::path(post, path = "/v1/instances/{name}/resume", tag = "instances",
+    params(("name" = String, Path, description = "Instance name")),
+    responses((status = 200, body = Instance), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not a paused VM", body = ErrorBody)))]
+pub async fn resume_instance(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Instance>> {
+    let c = app.cluster.clone();
+    Ok(Json(blocking(move || c.resume_instance(&name)).await?))
+}
+
 /// Delete an instance. A running one is stopped by its node first (state `stopping`,
 /// desired `deleted`) and disappears when the node confirms.
 #[utoipa::path(delete, path = "/v1/instances/{name}", tag = "instances",

@@ -2,6 +2,7 @@
 //! error shape, request-latency middleware, `/metrics` and the OpenAPI document.
 
 pub mod events;
+pub mod images;
 pub mod instances;
 pub mod nodes;
 
@@ -68,6 +69,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         instances::stop_instance,
         instances::start_instance,
         instances::restart_instance,
+        instances::pause_instance,
+        instances::resume_instance,
         instances::delete_instance,
         instances::get_logs,
         instances::post_logs,
@@ -77,11 +80,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         nodes::heartbeat,
         nodes::assignments,
         events::list_events,
+        images::upload_file,
+        images::register_image,
+        images::list_images,
+        images::get_image,
+        images::delete_image,
+        images::download_file,
     ),
     tags(
         (name = "instances", description = "Workloads: create, inspect, control"),
         (name = "nodes", description = "Hosts and the agent protocol"),
         (name = "events", description = "The event log"),
+        (name = "images", description = "VM images"),
     )
 )]
 pub struct ApiDoc;
@@ -183,6 +193,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}", get(nodes::get_node))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
         .route("/v1/nodes/{name}/assignments", get(nodes::assignments))
+        .route(
+            "/v1/instances/{name}/pause",
+            post(instances::pause_instance),
+        )
+        .route(
+            "/v1/instances/{name}/resume",
+            post(instances::resume_instance),
+        )
+        .route(
+            "/v1/images",
+            post(images::register_image).get(images::list_images),
+        )
+        .route(
+            "/v1/images/{name}",
+            get(images::get_image).delete(images::delete_image),
+        )
+        .route(
+            "/v1/images/{name}/files/{file}",
+            axum::routing::put(images::upload_file)
+                .get(images::download_file)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/v1/events", get(events::list_events))
         .route("/v1/openapi.json", get(openapi_handler))
         .route("/metrics", get(metrics_handler))

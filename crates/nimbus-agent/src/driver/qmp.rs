@@ -1,0 +1,101 @@
+//! A small synchronous QMP client over the VM's unix socket (on the `qapi` crate's
+//! typed commands): status, stop/cont, system_powerdown, quit, and the event stream.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::DriverError;
+
+fn qmp_err(socket: &Path, message: impl Into<String>) -> DriverError {
+    DriverError::Qmp {
+        socket: socket.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Connects, negotiates capabilities, and runs `f` with the session.
+fn with_session<T>(
+    socket: &Path,
+    timeout: Duration,
+    f: impl FnOnce(
+        &mut qapi::Qmp<qapi::Stream<BufReader<&UnixStream>, &UnixStream>>,
+    ) -> std::io::Result<T>,
+) -> Result<T, DriverError> {
+    let stream =
+        UnixStream::connect(socket).map_err(|e| qmp_err(socket, format!("connect: {e}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| qmp_err(socket, e.to_string()))?;
+    let mut qmp = qapi::Qmp::from_stream(&stream);
+    qmp.handshake()
+        .map_err(|e| qmp_err(socket, format!("handshake: {e}")))?;
+    f(&mut qmp).map_err(|e| qmp_err(socket, e.to_string()))
+}
+
+/// The VM's run state as QMP reports it (`running`, `paused`, `shutdown`, ...).
+pub fn query_status(socket: &Path, timeout: Duration) -> Result<String, DriverError> {
+    with_session(socket, timeout, |q| {
+        let st = q.execute(&qapi::qmp::query_status {})?;
+        Ok(serde_json::to_value(st.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_else(|| format!("{:?}", st.status)))
+    })
+}
+
+/// Freezes the guest's vCPUs.
+pub fn stop(socket: &Path, timeout: Duration) -> Result<(), DriverError> {
+    with_session(socket, timeout, |q| {
+        Ok(q.execute(&qapi::qmp::stop {}).map(drop)?)
+    })
+}
+
+/// Resumes the guest's vCPUs.
+pub fn cont(socket: &Path, timeout: Duration) -> Result<(), DriverError> {
+    with_session(socket, timeout, |q| {
+        Ok(q.execute(&qapi::qmp::cont {}).map(drop)?)
+    })
+}
+
+/// Presses the ACPI power button.
+pub fn system_powerdown(socket: &Path, timeout: Duration) -> Result<(), DriverError> {
+    with_session(socket, timeout, |q| {
+        Ok(q.execute(&qapi::qmp::system_powerdown {}).map(drop)?)
+    })
+}
+
+/// Ends QEMU at once.
+pub fn quit(socket: &Path, timeout: Duration) -> Result<(), DriverError> {
+    with_session(socket, timeout, |q| {
+        Ok(q.execute(&qapi::qmp::quit {}).map(drop)?)
+    })
+}
+
+/// Follows the event stream of a QMP socket until QEMU closes it, calling `on_event`
+/// with each event's name and its JSON. Used on a dedicated socket per VM so that
+/// commands on the main socket never miss or steal events.
+pub fn follow_events(
+    socket: &Path,
+    mut on_event: impl FnMut(&str, &serde_json::Value),
+) -> Result<(), DriverError> {
+    let stream =
+        UnixStream::connect(socket).map_err(|e| qmp_err(socket, format!("connect: {e}")))?;
+    let mut qmp = qapi::Qmp::from_stream(&stream);
+    qmp.handshake()
+        .map_err(|e| qmp_err(socket, format!("handshake: {e}")))?;
+    drop(qmp);
+    let reader = BufReader::new(&stream);
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let Some(name) = v.get("event").and_then(|e| e.as_str()) {
+            on_event(name, &v);
+        }
+    }
+    Ok(())
+}
