@@ -29,6 +29,14 @@ command -v cargo >/dev/null 2>&1 || fail "cargo not found: install Rust from you
 command -v python3 >/dev/null 2>&1 || apt_install python3
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
 
+# VMs: QEMU and qemu-img, an ISO tool for cloud-init seeds, cpio for the tiny image.
+missing=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v genisoimage >/dev/null 2>&1 || missing+=(genisoimage)
+command -v cpio >/dev/null 2>&1 || missing+=(cpio)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
 # The process driver runs every instance in its own cgroup.
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
   cg=/sys/fs/cgroup
@@ -40,4 +48,4 @@ fi
 if [ ! -w "$cg" ]; then
   fail "$cg is not writable: run nimbus (and its tests) as root so it can create cgroups"
 fi
-say "ok (cgroup $( [ "$cg" = /sys/fs/cgroup ] && echo v2 || echo v1 ), $(cargo --version))"
+say "ok ($(qemu-system-x86_64 --version | head -1), cgroup $( [ "$cg" = /sys/fs/cgroup ] && echo v2 || echo v1 ), $(cargo --version))"

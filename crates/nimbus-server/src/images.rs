@@ -229,7 +229,7 @@ pub fn check_disk(path: &Path) -> Result<DiskInfo> {
             let mbr = head.len() >= 512 && head[510] == 0x55 && head[511] == 0xaa;
             let ext = head.len() >= 1082 && head[1080] == 0x53 && head[1081] == 0xef;
             let iso = head.len() >= 0x8006 && &head[0x8001..0x8006] == b"CD001";
-            if len == 0 || len % 512 != 0 || !(mbr || ext || iso) {
+            if len == 0 || !len.is_multiple_of(512) || !(mbr || ext || iso) {
                 return Err(ServerError::InvalidRequest(
                     "not a disk image: a raw disk must be a multiple of 512 bytes and hold a \
                      partition table or a filesystem"
@@ -237,9 +237,11 @@ pub fn check_disk(path: &Path) -> Result<DiskInfo> {
                 ));
             }
         }
-        other => return Err(ServerError::InvalidRequest(format!(
+        other => {
+            return Err(ServerError::InvalidRequest(format!(
             "unsupported image format {other:?}: use raw or qcow2 (convert with qemu-img convert)"
-        ))),
+        )))
+        }
     }
     Ok(DiskInfo {
         format,

@@ -237,7 +237,7 @@ impl Store for SqliteStore {
             tx.execute("INSERT INTO events (value) VALUES (?1)", params![value])
                 .map_err(backend)?;
             let seq = tx.last_insert_rowid() as u64;
-            if seq > MAX_EVENTS && seq % 1000 == 0 {
+            if seq > MAX_EVENTS && seq.is_multiple_of(1000) {
                 tx.execute(
                     "DELETE FROM events WHERE seq <= ?1",
                     params![(seq - MAX_EVENTS) as i64],

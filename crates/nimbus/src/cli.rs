@@ -139,7 +139,7 @@ pub struct AgentArgs {
 #[derive(Debug, Subcommand)]
 pub enum InstanceCommand {
     /// Create an instance running COMMAND.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List instances.
     List {
         /// Only instances in this state.
