@@ -2,7 +2,7 @@
 //! so every write is on disk before the call returns.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
@@ -24,9 +24,21 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0);
 /// Keep at most this many events; older ones are trimmed on append.
 const MAX_EVENTS: u64 = 100_000;
 
+/// One queued write and where its result goes.
+struct Job {
+    f: Box<WriteFn>,
+    slot: Arc<Mutex<Option<Result<(u64, u64)>>>>,
+}
+
+type WriteFn = dyn FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<u64> + Send;
+
 /// The embedded store.
 pub struct SqliteStore {
+    /// The writer connection (held by the current group-commit leader).
     conn: Mutex<Connection>,
+    /// A second connection for reads, which WAL lets run beside writes.
+    reader: Mutex<Connection>,
+    pending: Mutex<Vec<Job>>,
     revision_tx: tokio::sync::watch::Sender<u64>,
 }
 
@@ -52,34 +64,106 @@ impl SqliteStore {
             })
             .map_err(backend)?;
         let (revision_tx, _) = tokio::sync::watch::channel(rev as u64);
+        let reader = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
+            pending: Mutex::new(Vec::new()),
             revision_tx,
         })
     }
 
-    /// Runs `f` in one immediate transaction that bumps the global revision, and
-    /// publishes the new revision after the commit.
-    fn write<T>(
+    /// Runs `f` as one atomic write that bumps the global revision, durable on return.
+    ///
+    /// Group commit: writers queue their work; whoever holds the connection runs every
+    /// queued write in one transaction (each in its own savepoint, so one failing write
+    /// does not affect the others) and pays one fsync for all of them.
+    fn write(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<T>,
-    ) -> Result<(T, u64)> {
+        f: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<u64> + Send + 'static,
+    ) -> Result<(u64, u64)> {
+        let slot: Arc<Mutex<Option<Result<(u64, u64)>>>> = Arc::new(Mutex::new(None));
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Job {
+                f: Box::new(f),
+                slot: slot.clone(),
+            });
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let rev: i64 = tx
-            .query_row(
-                "UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(backend)?;
-        let out = f(&tx, rev as u64)?;
-        tx.commit().map_err(backend)?;
+        if let Some(done) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return done;
+        }
+        let jobs = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let last = Self::run_batch(&mut conn, jobs);
         drop(conn);
-        self.revision_tx.send_replace(rev as u64);
-        Ok((out, rev as u64))
+        if let Some(rev) = last {
+            self.revision_tx.send_replace(rev);
+        }
+        let done = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        done.unwrap_or_else(|| Err(StoreError::Backend("write was lost".into())))
+    }
+
+    /// Runs queued writes in one transaction; fills every job's slot. Returns the last
+    /// committed revision, if any write succeeded.
+    fn run_batch(conn: &mut Connection, jobs: Vec<Job>) -> Option<u64> {
+        let fail_all = |jobs: Vec<Job>, e: String| {
+            for j in jobs {
+                *j.slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Err(StoreError::Backend(e.clone())));
+            }
+            None
+        };
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(jobs, e.to_string()),
+        };
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut last = None;
+        for job in jobs {
+            let res = (|| {
+                tx.execute_batch("SAVEPOINT job").map_err(backend)?;
+                let run = tx
+                    .query_row(
+                        "UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(backend)
+                    .and_then(|rev| (job.f)(&tx, rev as u64).map(|v| (v, rev as u64)));
+                match run {
+                    Ok(v) => {
+                        tx.execute_batch("RELEASE job").map_err(backend)?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO job; RELEASE job")
+                            .map_err(backend)?;
+                        Err(e)
+                    }
+                }
+            })();
+            if let Ok((_, rev)) = &res {
+                last = Some(*rev);
+            }
+            results.push((job.slot, res));
+        }
+        if let Err(e) = tx.commit() {
+            let msg = e.to_string();
+            for (slot, _) in results {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Err(StoreError::Backend(msg.clone())));
+            }
+            return None;
+        }
+        for (slot, res) in results {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(res);
+        }
+        last
     }
 
     fn current(tx: &rusqlite::Transaction<'_>, kind: &str, key: &str) -> Result<Option<u64>> {
@@ -100,7 +184,7 @@ impl Store for SqliteStore {
     }
 
     fn get(&self, kind: &str, key: &str) -> Result<Option<Record>> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         conn.query_row(
             "SELECT value, revision FROM objects WHERE kind = ?1 AND key = ?2",
             params![kind, key],
@@ -117,7 +201,7 @@ impl Store for SqliteStore {
     }
 
     fn list(&self, kind: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
             .prepare_cached(
                 "SELECT key, value, revision FROM objects WHERE kind = ?1 AND key > ?2 \
@@ -138,7 +222,9 @@ impl Store for SqliteStore {
     }
 
     fn create(&self, kind: &str, key: &str, value: &str) -> Result<u64> {
-        self.write(|tx, rev| {
+        let (kind, key, value) = (kind.to_string(), key.to_string(), value.to_string());
+        self.write(move |tx, rev| {
+            let (kind, key) = (kind.as_str(), key.as_str());
             if Self::current(tx, kind, key)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     kind: kind.into(),
@@ -150,13 +236,15 @@ impl Store for SqliteStore {
                 params![kind, key, value, rev as i64],
             )
             .map_err(backend)?;
-            Ok(())
+            Ok(0)
         })
         .map(|(_, rev)| rev)
     }
 
     fn update(&self, kind: &str, key: &str, value: &str, expected: u64) -> Result<u64> {
-        self.write(|tx, rev| {
+        let (kind, key, value) = (kind.to_string(), key.to_string(), value.to_string());
+        self.write(move |tx, rev| {
+            let (kind, key) = (kind.as_str(), key.as_str());
             match Self::current(tx, kind, key)? {
                 None => {
                     return Err(StoreError::NotFound {
@@ -179,13 +267,15 @@ impl Store for SqliteStore {
                 params![kind, key, value, rev as i64],
             )
             .map_err(backend)?;
-            Ok(())
+            Ok(0)
         })
         .map(|(_, rev)| rev)
     }
 
     fn delete(&self, kind: &str, key: &str, expected: u64) -> Result<u64> {
-        self.write(|tx, _| {
+        let (kind, key) = (kind.to_string(), key.to_string());
+        self.write(move |tx, _| {
+            let (kind, key) = (kind.as_str(), key.as_str());
             match Self::current(tx, kind, key)? {
                 None => {
                     return Err(StoreError::NotFound {
@@ -208,14 +298,14 @@ impl Store for SqliteStore {
                 params![kind, key],
             )
             .map_err(backend)?;
-            Ok(())
+            Ok(0)
         })
         .map(|(_, rev)| rev)
     }
 
     fn next_sequence(&self, name: &str) -> Result<u64> {
         let meta_name = format!("seq:{name}");
-        self.write(|tx, _| {
+        self.write(move |tx, _| {
             tx.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES (?1, 0)",
                 params![meta_name],
@@ -233,7 +323,8 @@ impl Store for SqliteStore {
     }
 
     fn append_event(&self, value: &str) -> Result<u64> {
-        self.write(|tx, _| {
+        let value = value.to_string();
+        self.write(move |tx, _| {
             tx.execute("INSERT INTO events (value) VALUES (?1)", params![value])
                 .map_err(backend)?;
             let seq = tx.last_insert_rowid() as u64;
@@ -250,7 +341,7 @@ impl Store for SqliteStore {
     }
 
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
             .prepare_cached("SELECT seq, value FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             .map_err(backend)?;
@@ -343,5 +434,37 @@ mod tests {
         assert_eq!(s.next_sequence("queue").unwrap(), 3);
         assert_eq!(s.revision().unwrap(), 5);
         assert_eq!(s.events_after(0, 10).unwrap()[0].value, "e1");
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits_and_keep_failures_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let s = Arc::new(SqliteStore::open(&path).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut revs = Vec::new();
+                    for i in 0..50 {
+                        revs.push(s.create("obj", &format!("{t}-{i}"), "{}").unwrap());
+                        // Every thread also tries one duplicate: it must fail alone.
+                        assert!(matches!(
+                            s.create("obj", &format!("{t}-{i}"), "{}"),
+                            Err(StoreError::AlreadyExists { .. })
+                        ));
+                    }
+                    revs
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 400, "each write has its own revision");
+        assert_eq!(s.revision().unwrap(), 400, "failed writes do not consume revisions");
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.list("obj", None, 1000).unwrap().len(), 400);
     }
 }
