@@ -27,8 +27,11 @@ const MAX_EVENTS: u64 = 100_000;
 /// One queued write and where its result goes.
 struct Job {
     f: Box<WriteFn>,
-    slot: Arc<Mutex<Option<Result<(u64, u64)>>>>,
+    slot: Slot,
 }
+
+/// Where a queued write's outcome lands: (value, revision).
+type Slot = Arc<Mutex<Option<Result<(u64, u64)>>>>;
 
 type WriteFn = dyn FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<u64> + Send;
 
@@ -86,7 +89,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, u64) -> Result<u64> + Send + 'static,
     ) -> Result<(u64, u64)> {
-        let slot: Arc<Mutex<Option<Result<(u64, u64)>>>> = Arc::new(Mutex::new(None));
+        let slot: Slot = Arc::new(Mutex::new(None));
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -458,11 +461,18 @@ mod tests {
                 })
             })
             .collect();
-        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 400, "each write has its own revision");
-        assert_eq!(s.revision().unwrap(), 400, "failed writes do not consume revisions");
+        assert_eq!(
+            s.revision().unwrap(),
+            400,
+            "failed writes do not consume revisions"
+        );
         drop(s);
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.list("obj", None, 1000).unwrap().len(), 400);
