@@ -46,6 +46,9 @@ pub struct Cluster {
     /// restart every node gets a full timeout of grace before it can be declared down.
     pub heartbeats: Mutex<HashMap<String, Instant>>,
     pub usage: Mutex<HashMap<String, Usage>>,
+    /// The last report applied per instance: an identical report needs no store read.
+    /// Soft state; empty after a restart, so the first heartbeat applies everything.
+    last_reports: Mutex<HashMap<String, InstanceReport>>,
     pub logs: crate::logs::LogStore,
     pub images: crate::images::ImageFiles,
 }
@@ -63,6 +66,7 @@ impl Cluster {
             schedule_now: Notify::new(),
             heartbeats: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
+            last_reports: Mutex::new(HashMap::new()),
         }
     }
 
@@ -206,6 +210,7 @@ impl Cluster {
             match self.store.update_typed(INSTANCE, name, &inst, rev) {
                 Ok(new_rev) => {
                     inst.revision = new_rev;
+                    self.forget_report(name);
                     return Ok(inst);
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -461,6 +466,14 @@ impl Cluster {
         Err(ServerError::Conflict(format!(
             "instance {name:?} is being changed by many writers; retry"
         )))
+    }
+
+    /// Drops the cached report of an instance whose stored state changed by other means.
+    pub fn forget_report(&self, name: &str) {
+        self.last_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     fn finish_delete(&self, inst: &Instance) {
@@ -738,8 +751,29 @@ impl Cluster {
                     usage.remove(&report.name);
                 }
             }
+            let mut seen = InstanceReport {
+                memory_bytes: None,
+                cpu_usage_ns: None,
+                ..report.clone()
+            };
+            seen.name = format!("{node_name}/{}", report.name);
+            if self
+                .last_reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&report.name)
+                == Some(&seen)
+            {
+                continue;
+            }
             match self.apply_report(node_name, &report) {
-                Ok(()) | Err(ServerError::NotFound { .. }) => {}
+                Ok(()) => {
+                    self.last_reports
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(report.name.clone(), seen);
+                }
+                Err(ServerError::NotFound { .. }) => {}
                 Err(e) => tracing::warn!(instance = %report.name, error = %e, "report not applied"),
             }
         }
