@@ -493,9 +493,22 @@ impl Instance {
             }
     }
 
-    /// Whether the node should know about this instance at all.
+    /// Whether the node should know about this instance at all: everything that holds
+    /// resources there, and a stopped or failed VM, whose disk lives on that node.
     pub fn is_assigned(&self) -> bool {
         self.holds_resources()
+            || (self.kind == InstanceKind::Vm
+                && self.node.is_some()
+                && matches!(self.state, InstanceState::Stopped | InstanceState::Failed))
+    }
+
+    /// The node a pending instance must return to: a VM keeps its disk on the node it
+    /// last ran on.
+    pub fn home_node(&self) -> Option<&str> {
+        match self.kind {
+            InstanceKind::Vm => self.node.as_deref(),
+            InstanceKind::Process => None,
+        }
     }
 }
 

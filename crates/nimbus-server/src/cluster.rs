@@ -379,7 +379,9 @@ impl Cluster {
             }
             inst.state = inst.state.transition(Pending).map_err(internal)?;
             inst.desired = DesiredState::Running;
-            inst.node = None;
+            if inst.home_node().is_none() {
+                inst.node = None;
+            }
             inst.pid = None;
             inst.exit_code = None;
             inst.will_restart = false;

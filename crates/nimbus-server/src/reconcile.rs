@@ -12,6 +12,10 @@ use nimbus_store::StoreError;
 use crate::cluster::{now_ms, Cluster};
 use crate::metrics::Metrics;
 
+/// Label every node carries implicitly: its own name. A VM returning to the node
+/// that holds its disk selects on it.
+pub const NODE_LABEL: &str = "nimbus/node";
+
 fn sched_resources(r: Resources) -> nimbus_sched::Resources {
     nimbus_sched::Resources {
         cpu_millis: r.cpu_millis,
@@ -28,7 +32,11 @@ pub fn snapshot(nodes: &[Node], instances: &[Instance]) -> (Vec<NodeInfo>, Vec<R
             name: n.name.clone(),
             capacity: sched_resources(n.capacity),
             allocated: sched_resources(n.allocated),
-            labels: n.labels.clone(),
+            labels: {
+                let mut l = n.labels.clone();
+                l.insert(NODE_LABEL.to_string(), n.name.clone());
+                l
+            },
             drivers: n.drivers.clone(),
             schedulable: n.state == NodeState::Ready,
         })
@@ -40,7 +48,13 @@ pub fn snapshot(nodes: &[Node], instances: &[Instance]) -> (Vec<NodeInfo>, Vec<R
             id: i.name.clone(),
             resources: sched_resources(Resources::from(&i.spec)),
             driver: i.spec.kind.driver().to_string(),
-            node_selector: i.spec.node_selector.clone(),
+            node_selector: {
+                let mut sel = i.spec.node_selector.clone();
+                if let Some(home) = i.home_node() {
+                    sel.insert(NODE_LABEL.to_string(), home.to_string());
+                }
+                sel
+            },
             priority: i.spec.priority,
             expected_runtime_secs: i.spec.expected_runtime_secs,
             queue_seq: i.queue_seq,

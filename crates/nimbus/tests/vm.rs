@@ -88,6 +88,8 @@ fn vm_boots_serves_pauses_resumes_and_stops_gracefully() {
         &format!("{port}:80"),
         "--user-data",
         user_data.to_str().unwrap(),
+        "--disk-size",
+        "64Mi",
     ]);
     assert!(
         out.status.success(),
@@ -164,6 +166,20 @@ fn vm_boots_serves_pauses_resumes_and_stops_gracefully() {
     let console = String::from_utf8(c.cli(&["instance", "console", "vm1"]).stdout).unwrap();
     assert!(console.contains("power button, powering off"), "{console}");
     assert!(!pid_alive(pid));
+
+    // A stopped VM keeps its disk on its node and starts there again.
+    let vm1_disk = c.data_dir().join("agent/instances/vm1/overlay.qcow2");
+    assert!(vm1_disk.exists(), "stop must not delete the VM's disk");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(vm1_disk.exists(), "the node must keep a stopped VM's disk");
+    assert!(c.cli(&["instance", "start", "vm1"]).status.success());
+    let again = wait_guest_ready(&c, "vm1");
+    assert_eq!(again["node"], "t-vm");
+    assert!(vm1_disk.exists());
+    c.cli(&["instance", "delete", "vm1"]);
+    c.wait_for("vm1's disk to go", Duration::from_secs(30), || {
+        (!vm1_disk.exists()).then_some(())
+    });
 
     // Delete removes the overlay, the seed and the sockets.
     let vm2_dir = c.data_dir().join("agent/instances/vm2");

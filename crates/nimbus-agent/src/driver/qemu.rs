@@ -477,15 +477,11 @@ impl Driver for QemuDriver {
         self.process.stop(handle, Duration::from_secs(2))
     }
 
+    /// Releases the VM's process state; its disk (`overlay.qcow2`) stays for the next
+    /// start, and goes when the agent forgets the instance (deleted or moved away).
     fn destroy(&self, handle: &TaskHandle) -> Result<(), DriverError> {
         self.process.destroy(handle)?;
-        for f in [
-            "overlay.qcow2",
-            "seed.iso",
-            "qmp.sock",
-            "qmp-events.sock",
-            "events.jsonl",
-        ] {
+        for f in ["seed.iso", "qmp.sock", "qmp-events.sock", "events.jsonl"] {
             let _ = fs::remove_file(handle.dir.join(f));
         }
         let _ = fs::remove_dir_all(handle.dir.join("seed"));
