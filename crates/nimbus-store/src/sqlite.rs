@@ -169,6 +169,28 @@ impl SqliteStore {
         last
     }
 
+    /// Compare-and-swap guard: the object exists at revision `expected`.
+    fn expect_revision(
+        tx: &rusqlite::Transaction<'_>,
+        kind: &str,
+        key: &str,
+        expected: u64,
+    ) -> Result<()> {
+        match Self::current(tx, kind, key)? {
+            None => Err(StoreError::NotFound {
+                kind: kind.into(),
+                key: key.into(),
+            }),
+            Some(found) if found != expected => Err(StoreError::Conflict {
+                kind: kind.into(),
+                key: key.into(),
+                expected,
+                found,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
     fn current(tx: &rusqlite::Transaction<'_>, kind: &str, key: &str) -> Result<Option<u64>> {
         tx.query_row(
             "SELECT revision FROM objects WHERE kind = ?1 AND key = ?2",
@@ -248,23 +270,7 @@ impl Store for SqliteStore {
         let (kind, key, value) = (kind.to_string(), key.to_string(), value.to_string());
         self.write(move |tx, rev| {
             let (kind, key) = (kind.as_str(), key.as_str());
-            match Self::current(tx, kind, key)? {
-                None => {
-                    return Err(StoreError::NotFound {
-                        kind: kind.into(),
-                        key: key.into(),
-                    })
-                }
-                Some(found) if found != expected => {
-                    return Err(StoreError::Conflict {
-                        kind: kind.into(),
-                        key: key.into(),
-                        expected,
-                        found,
-                    })
-                }
-                Some(_) => {}
-            }
+            Self::expect_revision(tx, kind, key, expected)?;
             tx.execute(
                 "UPDATE objects SET value = ?3, revision = ?4 WHERE kind = ?1 AND key = ?2",
                 params![kind, key, value, rev as i64],
@@ -279,23 +285,7 @@ impl Store for SqliteStore {
         let (kind, key) = (kind.to_string(), key.to_string());
         self.write(move |tx, _| {
             let (kind, key) = (kind.as_str(), key.as_str());
-            match Self::current(tx, kind, key)? {
-                None => {
-                    return Err(StoreError::NotFound {
-                        kind: kind.into(),
-                        key: key.into(),
-                    })
-                }
-                Some(found) if found != expected => {
-                    return Err(StoreError::Conflict {
-                        kind: kind.into(),
-                        key: key.into(),
-                        expected,
-                        found,
-                    })
-                }
-                Some(_) => {}
-            }
+            Self::expect_revision(tx, kind, key, expected)?;
             tx.execute(
                 "DELETE FROM objects WHERE kind = ?1 AND key = ?2",
                 params![kind, key],
