@@ -64,6 +64,8 @@ pub enum AgentError {
     },
     #[error("no usable driver on this node: {0}")]
     NoDriver(String),
+    #[error("opening the node's chunk store: {0}")]
+    ChunkStore(String),
 }
 
 /// First restart waits this long; each consecutive failure doubles it.
@@ -99,6 +101,12 @@ struct TaskRecord {
     /// VMs: milliseconds from start to guest ready, once seen.
     #[serde(default)]
     boot_ms: Option<u64>,
+    /// VMs: the image the disk starts from, as the server described it.
+    #[serde(default)]
+    disk_image: Option<nimbus_api::Image>,
+    /// Backups of this placement already made and reported.
+    #[serde(default)]
+    backups_done: Vec<String>,
     #[serde(skip)]
     restart_at: Option<Instant>,
     #[serde(skip)]
@@ -119,6 +127,11 @@ struct Agent {
     rt: tokio::runtime::Handle,
     /// Host ports forwarded to VMs on this node, and their owners.
     ports: Mutex<BTreeMap<u16, String>>,
+    /// The node's chunk store (disk images and backups).
+    store: crate::store::NodeStore,
+    /// Disk images the server asked this node to hold, and those copied already.
+    wanted_images: Mutex<Vec<nimbus_api::Image>>,
+    replicated: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn tasks_dir(data_dir: &Path) -> PathBuf {
@@ -354,6 +367,8 @@ impl Agent {
             image: a.image.clone(),
             ports: vec![],
             boot_ms: None,
+            backups_done: vec![],
+            disk_image: a.disk_image.clone(),
             restart_at: None,
             started: None,
         }
@@ -367,6 +382,19 @@ impl Agent {
             .ok_or_else(|| format!("image {:?} is not known to the server", rec.spec.image))?;
         let dir = self.cfg.data_dir.join("images").join(&image.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        if image.kind == nimbus_api::ImageKind::Disk {
+            let base = self.store.image_file(&image.name, &dir)?;
+            if rec.ports.is_empty() {
+                rec.ports = self.reserve_ports(&rec.name, &rec.spec.ports)?;
+            }
+            return Ok(VmConfig {
+                boot: VmBoot::Disk {
+                    base,
+                    format: "raw".into(),
+                },
+                ports: rec.ports.clone(),
+            });
+        }
         for f in &image.files {
             let path = dir.join(&f.name);
             let cached = std::fs::metadata(&path)
@@ -398,6 +426,13 @@ impl Agent {
                 kernel: dir.join("vmlinuz"),
                 initrd: dir.join("initrd.img"),
                 cmdline: image.cmdline.clone().unwrap_or_default(),
+                disk_base: match &rec.disk_image {
+                    Some(d) => Some(
+                        self.store
+                            .image_file(&d.name, &self.cfg.data_dir.join("images").join(&d.name))?,
+                    ),
+                    None => None,
+                },
             },
             nimbus_api::ImageKind::Disk => VmBoot::Disk {
                 base: dir.join("disk"),
@@ -575,6 +610,15 @@ impl Agent {
                     }
                 }
             }
+            if let Some(rec) = tasks.get_mut(&a.name) {
+                for b in &a.backups {
+                    if !rec.backups_done.contains(b) {
+                        self.make_backup(rec, b);
+                        rec.backups_done.push(b.clone());
+                        self.persist(rec);
+                    }
+                }
+            }
             if let Some(rec) = tasks.get(&a.name) {
                 if before != Some((rec.state, rec.restarts, rec.will_restart, rec.boot_ms)) {
                     changed = true;
@@ -582,7 +626,95 @@ impl Agent {
                 }
             }
         }
+        drop(tasks);
+        self.replicate_wanted_images();
         changed
+    }
+
+    /// Backs up an instance's disk and reports the outcome to the server.
+    fn make_backup(&self, rec: &mut TaskRecord, name: &str) {
+        let disk = instance_dir(&self.cfg.data_dir, &rec.name).join("overlay.qcow2");
+        let running = rec.handle.is_some() && rec.state == InstanceState::Running;
+        let driver = self.driver_for(&rec.spec);
+        let handle = rec.handle.clone();
+        let pause = || -> Result<(), String> {
+            match (&driver, &handle) {
+                (Some(d), Some(h)) => d
+                    .pause(h)
+                    .map_err(|e| format!("pausing for the backup: {e}")),
+                _ => Ok(()),
+            }
+        };
+        let resume = || -> Result<(), String> {
+            match (&driver, &handle) {
+                (Some(d), Some(h)) => d
+                    .resume(h)
+                    .map_err(|e| format!("resuming after the backup: {e}")),
+                _ => Ok(()),
+            }
+        };
+        let meta = serde_json::to_value(&rec.spec).unwrap_or_default();
+        let res = self.store.backup_disk(
+            &rec.name,
+            name,
+            &disk,
+            meta,
+            running.then_some((
+                &pause as &dyn Fn() -> Result<(), String>,
+                &resume as &dyn Fn() -> Result<(), String>,
+            )),
+        );
+        let body = match &res {
+            Ok((m, t)) => serde_json::json!({
+                "ok": true, "size": m.size, "new_bytes": t.bytes, "new_chunks": t.chunks,
+                "consistency": if running { "paused" } else { "stopped" },
+            }),
+            Err(e) => serde_json::json!({ "ok": false, "reason": e }),
+        };
+        if let Err(e) = &res {
+            tracing::warn!(instance = %rec.name, backup = %name, error = %e, "backup failed");
+        }
+        let path = format!("/v1/nodes/{}/backups/{}/{name}", self.cfg.name, rec.name);
+        if let Err(e) = self.rt.block_on(self.client.post_json(&path, &body)) {
+            tracing::warn!(instance = %rec.name, backup = %name, error = %e, "backup report failed");
+        }
+    }
+
+    /// Copies the disk images the server asked this node to hold.
+    fn replicate_wanted_images(&self) {
+        let wanted = self
+            .wanted_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for img in wanted {
+            if self
+                .replicated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&img.name)
+            {
+                continue;
+            }
+            match self.store.fetch_image(&img.name) {
+                Ok((_, t)) => {
+                    let path = format!("/v1/nodes/{}/replicas/{}", self.cfg.name, img.name);
+                    let body =
+                        serde_json::json!({ "copied_chunks": t.chunks, "copied_bytes": t.bytes });
+                    if self
+                        .rt
+                        .block_on(self.client.post_json(&path, &body))
+                        .is_ok()
+                    {
+                        self.replicated
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(img.name.clone());
+                    }
+                }
+                Err(e) => tracing::warn!(image = %img.name, error = %e, "replication failed"),
+            }
+        }
     }
 
     /// Builds the heartbeat from local tasks.
@@ -746,6 +878,17 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         client: client.clone(),
         rt: tokio::runtime::Handle::current(),
         ports: Mutex::new(BTreeMap::new()),
+        store: crate::store::NodeStore {
+            chunks: nimbus_image::ImageStore::open(
+                cfg.data_dir.join("store"),
+                nimbus_image::StoreOptions::default(),
+            )
+            .map_err(|e| AgentError::ChunkStore(e.to_string()))?,
+            client: client.clone(),
+            rt: tokio::runtime::Handle::current(),
+        },
+        wanted_images: Mutex::new(Vec::new()),
+        replicated: Mutex::new(Default::default()),
     });
     {
         let a = agent.clone();
@@ -797,6 +940,10 @@ async fn poll_assignments(agent: Arc<Agent>, client: Arc<ServerClient>, reg: Reg
                 index = Some(set.index);
                 *agent.assignments.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(set.assignments);
+                *agent
+                    .wanted_images
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = set.images;
                 agent.reconcile_now.notify_one();
             }
             Err(crate::client::ClientError::Api { status: 404, .. }) => {

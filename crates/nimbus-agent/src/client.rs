@@ -172,3 +172,107 @@ impl ServerClient {
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 }
+
+/// Chunk-store traffic: nodes copy image chunks they lack from the server, and send
+/// the server the backup chunks it lacks.
+impl ServerClient {
+    async fn bytes(&self, url: String) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Ok(Self::check(&url, resp)
+            .await?
+            .bytes()
+            .await
+            .map_err(Self::transport(&url))?
+            .to_vec())
+    }
+
+    pub async fn image_manifest(&self, image: &str) -> Result<nimbus_image::Manifest, ClientError> {
+        let url = format!("{}/v1/store/images/{image}", self.base);
+        let bytes = self.bytes(url.clone()).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Api {
+            status: 0,
+            message: format!("manifest of {image}: {e}"),
+        })
+    }
+
+    pub async fn get_chunk(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        self.bytes(format!("{}/v1/store/chunks/{id}", self.base))
+            .await
+    }
+
+    pub async fn missing_chunks(&self, ids: Vec<String>) -> Result<Vec<String>, ClientError> {
+        let url = format!("{}/v1/store/chunks/missing", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(60))
+            .json(&serde_json::json!({ "ids": ids }))
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        let v: serde_json::Value = Self::check(&url, resp)
+            .await?
+            .json()
+            .await
+            .map_err(Self::transport(&url))?;
+        Ok(v["ids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub async fn put_chunk(&self, id: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let url = format!("{}/v1/store/chunks/{id}", self.base);
+        let resp = self
+            .http
+            .put(&url)
+            .timeout(Duration::from_secs(120))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Self::check(&url, resp).await.map(drop)
+    }
+
+    pub async fn put_backup_manifest(
+        &self,
+        m: &nimbus_image::Manifest,
+        instance: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/store/backups/{instance}/{name}", self.base);
+        let resp = self
+            .http
+            .put(&url)
+            .timeout(Duration::from_secs(60))
+            .json(m)
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Self::check(&url, resp).await.map(drop)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<(), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(body)
+            .send()
+            .await
+            .map_err(Self::transport(&url))?;
+        Self::check(&url, resp).await.map(drop)
+    }
+}

@@ -7,11 +7,13 @@
 //! - [`client`]: the HTTP client for the server's agent endpoints.
 //! - [`driver`]: the `Driver` trait, the process driver and the simulated driver.
 //! - [`shim`]: the per-instance supervisor process the process driver launches.
+//! - [`store`]: the node's chunk store: image copies and backups.
 
 pub mod agent;
 pub mod capacity;
 pub mod client;
 pub mod driver;
 pub mod shim;
+pub mod store;
 
 pub use agent::{run, AgentConfig, AgentError, DriverMode};

@@ -35,17 +35,33 @@ pub struct Image {
     /// Kernel images: the kernel command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// Kernel images: their files. Disk images keep their content in the chunk store
+    /// (deduplicated, compressed); nodes copy the chunks they lack.
     pub files: Vec<ImageFile>,
+    /// Where the image came from when it was not imported (e.g. `backup vm1@nightly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub created_at_ms: u64,
     #[serde(default)]
     pub revision: u64,
 }
 
 impl Image {
-    /// Total bytes of all files.
+    /// Size in bytes: the files of a kernel image, the virtual size of a disk.
     pub fn size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        match self.kind {
+            ImageKind::Kernel => self.files.iter().map(|f| f.size).sum(),
+            ImageKind::Disk => self.virtual_size.unwrap_or(0),
+        }
     }
+}
+
+/// Body of `POST /v1/images/{name}/replicate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateImage {
+    /// The node that should hold a copy.
+    pub node: String,
 }
 
 /// Body of `POST /v1/images`: registers files uploaded before with

@@ -95,6 +95,10 @@ pub struct InstanceSpec {
     /// VM only: the image to boot (see `/v1/images`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// VM only: a disk image the instance's own disk starts from (a restored backup
+    /// for VMs that boot a kernel image; disk-image VMs start from `image` itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_image: Option<String>,
     /// VM only: virtual CPUs (defaults to the cpu request rounded up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
@@ -199,6 +203,7 @@ impl InstanceSpec {
         }
         if self.kind == InstanceKind::Process
             && (self.image.is_some()
+                || self.disk_image.is_some()
                 || self.vcpus.is_some()
                 || !self.ports.is_empty()
                 || self.user_data.is_some()
@@ -220,6 +225,9 @@ impl InstanceSpec {
         match &self.image {
             None => return Err("a VM needs an image: give --image NAME or --disk FILE".into()),
             Some(i) => crate::validate_name("image", i)?,
+        }
+        if let Some(d) = &self.disk_image {
+            crate::validate_name("image", d)?;
         }
         if let Some(v) = self.vcpus {
             if v == 0 || v > MAX_VCPUS {

@@ -4,11 +4,13 @@
 //! - [`units`]: parsing of human sizes (`64Mi`, `0.5` cpu) into the integer units the API uses.
 //! - [`instance`]: instance specs, status, and the lifecycle state machine.
 //! - [`node`]: node registration, capacity, heartbeats and assignments.
+//! - [`backup`]: backups of instance disks and their restore.
 //! - [`event`]: the event log.
 //! - [`image`]: VM images kept by the server.
 //! - [`error`]: the one JSON error shape and its codes.
 //! - [`specfile`]: the TOML spec file read by `nimbus apply`.
 
+pub mod backup;
 pub mod error;
 pub mod event;
 pub mod image;
@@ -17,9 +19,10 @@ pub mod node;
 pub mod specfile;
 pub mod units;
 
+pub use backup::{Backup, BackupList, BackupState, CreateBackup, PruneBackups, RestoreBackup};
 pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{Event, EventList};
-pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage};
+pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage, ReplicateImage};
 pub use instance::{
     CreateInstance, DesiredState, Instance, InstanceKind, InstanceList, InstanceSpec,
     InstanceState, PortSpec, RestartPolicy, TransitionError,

@@ -164,6 +164,12 @@ pub struct Assignment {
     /// VMs: the image, resolved by the server, so the node can fetch it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<crate::image::Image>,
+    /// VMs: the disk image the instance's disk starts from (see `InstanceSpec::disk_image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_image: Option<crate::image::Image>,
+    /// Backups asked for and not done yet: the node makes them and reports each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<String>,
 }
 
 /// Answer of `GET /v1/nodes/{name}/assignments`: the full set for that node.
@@ -172,6 +178,9 @@ pub struct Assignments {
     /// Store revision the set was read at; pass as `index` to wait for the next change.
     pub index: u64,
     pub assignments: Vec<Assignment>,
+    /// Disk images this node should hold a copy of (replication requests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::image::Image>,
 }
 
 /// One page of `GET /v1/nodes`.

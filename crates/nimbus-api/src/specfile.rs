@@ -102,6 +102,7 @@ impl InstanceEntry {
                 expected_runtime_secs: self.expected_runtime_secs,
                 node_selector: self.node_selector.clone(),
                 image: self.image.clone(),
+                disk_image: None,
                 vcpus: self.vcpus,
                 ports: self
                     .ports

@@ -51,6 +51,8 @@ pub struct Cluster {
     last_reports: Mutex<HashMap<String, InstanceReport>>,
     pub logs: crate::logs::LogStore,
     pub images: crate::images::ImageFiles,
+    /// The cluster's chunk store: disk images and backups, deduplicated.
+    pub chunks: Arc<nimbus_image::ImageStore>,
 }
 
 impl Cluster {
@@ -58,11 +60,13 @@ impl Cluster {
         store: Arc<dyn Store>,
         logs: crate::logs::LogStore,
         images: crate::images::ImageFiles,
+        chunks: Arc<nimbus_image::ImageStore>,
     ) -> Self {
         Cluster {
             store,
             logs,
             images,
+            chunks,
             schedule_now: Notify::new(),
             heartbeats: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
@@ -538,6 +542,16 @@ impl Cluster {
                 )));
             }
         }
+        if let Some(d) = &req.spec.disk_image {
+            match self.get_image(d) {
+                Ok(i) if i.kind == nimbus_api::ImageKind::Disk => {}
+                _ => {
+                    return Err(ServerError::InvalidRequest(format!(
+                        "disk image {d:?} not found (it must be a disk image)"
+                    )))
+                }
+            }
+        }
         let wanted: Vec<u16> = req.spec.ports.iter().filter_map(|p| p.host).collect();
         if wanted.is_empty() {
             return Ok(());
@@ -603,16 +617,17 @@ impl Cluster {
                 req.name
             )));
         }
-        let mut img = match self
-            .images
-            .register(&req.name, req.kind, req.cmdline.clone())
-        {
-            Ok(i) => i,
-            Err(e) => {
-                self.images.discard_upload(&req.name);
-                return Err(e);
-            }
-        };
+        let mut img =
+            match self
+                .images
+                .register(&req.name, req.kind, req.cmdline.clone(), &self.chunks)
+            {
+                Ok(i) => i,
+                Err(e) => {
+                    self.images.discard_upload(&req.name);
+                    return Err(e);
+                }
+            };
         match self.store.create_typed(IMAGE, &img.name, &img) {
             Ok(rev) => img.revision = rev,
             Err(e) => {
@@ -644,6 +659,9 @@ impl Cluster {
         }
         self.store.delete(IMAGE, name, img.revision)?;
         self.images.remove(name);
+        if img.kind == nimbus_api::ImageKind::Disk {
+            let _ = self.chunks.delete(&nimbus_image::ManifestName::image(name));
+        }
         self.event("image_deleted", "image", name, "");
         Ok(img)
     }
@@ -848,6 +866,7 @@ impl Cluster {
 
     /// The assignments of one node: every instance placed there that it must run or stop.
     pub fn assignments(&self, node: &str) -> Result<Vec<Assignment>> {
+        let backups = self.list_backups(None)?;
         Ok(self
             .all_instances()?
             .into_iter()
@@ -857,6 +876,12 @@ impl Cluster {
             })
             .map(|i| Assignment {
                 image: i.spec.image.as_ref().and_then(|n| self.get_image(n).ok()),
+                disk_image: i
+                    .spec
+                    .disk_image
+                    .as_ref()
+                    .and_then(|n| self.get_image(n).ok()),
+                backups: self.pending_backups(&backups, &i.name),
                 name: i.name,
                 spec: i.spec,
                 generation: i.generation,

@@ -82,3 +82,22 @@ impl IntoResponse for ServerError {
 }
 
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// Maps a chunk-store error to the API: what the caller got wrong is a 4xx.
+pub fn image_error(e: nimbus_image::ImageError) -> ServerError {
+    use nimbus_image::ImageError as E;
+    match &e {
+        E::NotFound { .. } => ServerError::NotFound {
+            kind: "stored object",
+            name: e.to_string(),
+        },
+        E::AlreadyExists { .. } => ServerError::AlreadyExists(e.to_string()),
+        E::NotAnImage { .. } | E::UnsupportedFormat { .. } | E::Invalid { .. } => {
+            ServerError::InvalidRequest(e.to_string())
+        }
+        E::Corrupt { .. } | E::ManifestCorrupt { .. } | E::MissingChunks { .. } => {
+            ServerError::InvalidState(e.to_string())
+        }
+        _ => ServerError::Internal(e.to_string()),
+    }
+}

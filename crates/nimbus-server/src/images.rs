@@ -59,7 +59,13 @@ impl ImageFiles {
 
     /// Checks the uploaded files of `name` and moves them into place. Returns the image
     /// description (without timestamps).
-    pub fn register(&self, name: &str, kind: ImageKind, cmdline: Option<String>) -> Result<Image> {
+    pub fn register(
+        &self,
+        name: &str,
+        kind: ImageKind,
+        cmdline: Option<String>,
+        chunks: &nimbus_image::ImageStore,
+    ) -> Result<Image> {
         let up = self.upload_dir(name);
         let mut files = Vec::new();
         for f in files_of(kind) {
@@ -81,6 +87,27 @@ impl ImageFiles {
                 let info = check_disk(&up.join("disk"))?;
                 format = Some(info.format);
                 virtual_size = Some(info.virtual_size);
+                // The content goes into the chunk store; nodes copy the chunks they lack.
+                chunks
+                    .import_file(
+                        &nimbus_image::ImportRequest::image(name).overwrite(true),
+                        &up.join("disk"),
+                        &mut |_| {},
+                    )
+                    .map_err(crate::error::image_error)?;
+                let _ = fs::remove_dir_all(&up);
+                let _ = fs::remove_dir(self.image_dir(name));
+                return Ok(Image {
+                    name: name.to_string(),
+                    kind,
+                    format,
+                    virtual_size,
+                    cmdline: None,
+                    files: vec![],
+                    origin: None,
+                    created_at_ms: crate::cluster::now_ms(),
+                    revision: 0,
+                });
             }
         }
         for f in files_of(kind) {
@@ -107,6 +134,7 @@ impl ImageFiles {
                 ImageKind::Disk => None,
             },
             files,
+            origin: None,
             created_at_ms: crate::cluster::now_ms(),
             revision: 0,
         })

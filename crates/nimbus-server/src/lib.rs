@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`cluster`]: domain operations; every state change is checked and stored here.
+//! - [`backups`]: backups, restore and replication requests over the chunk store.
 //! - [`http`]: the `/v1` API, `/metrics`, the OpenAPI document.
 //! - [`reconcile`]: scheduler loop and node liveness loop.
 //! - [`metrics`]: Prometheus metrics.
@@ -10,6 +11,7 @@
 //! - [`images`]: VM image files: upload checks and storage.
 //! - [`error`]: the server's error type and its one mapping to HTTP.
 
+pub mod backups;
 pub mod cluster;
 pub mod error;
 pub mod http;
@@ -57,6 +59,8 @@ pub enum StartError {
     },
     #[error("opening the store: {0}")]
     Store(#[from] nimbus_store::StoreError),
+    #[error("opening the chunk store: {0}")]
+    ChunkStore(String),
     #[error("listening on {addr}: {source} (is another nimbus running? use --listen to pick another address)")]
     Listen {
         addr: SocketAddr,
@@ -73,7 +77,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let store = Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db"))?);
     let logs = logs::LogStore::new(cfg.data_dir.join("logs"));
     let images = images::ImageFiles::new(cfg.data_dir.join("images"));
-    let cluster = Arc::new(Cluster::new(store, logs, images));
+    let chunks = nimbus_image::ImageStore::open(
+        cfg.data_dir.join("store"),
+        nimbus_image::StoreOptions::default(),
+    )
+    .map_err(|e| StartError::ChunkStore(e.to_string()))?;
+    let cluster = Arc::new(Cluster::new(store, logs, images, Arc::new(chunks)));
     let metrics = Arc::new(metrics::Metrics::new());
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)

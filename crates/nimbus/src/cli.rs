@@ -44,9 +44,15 @@ pub enum Command {
     /// Inspect nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Build, import, list and delete VM images.
+    /// Build, import, export, replicate, list and delete VM images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Back up instance disks, list, restore and prune backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// The chunk store: statistics, verification, garbage collection.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Show the event log.
     Events {
         /// Keep printing new events.
@@ -246,14 +252,64 @@ pub enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Import a disk image file (raw or qcow2).
+    /// Import a disk image file (raw or qcow2) into the chunk store.
     Import { name: String, file: PathBuf },
+    /// Export a disk image to a file.
+    Export {
+        name: String,
+        file: PathBuf,
+        /// raw or qcow2 (default: from the file name, else raw).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Copy a disk image to a node's store (only the chunks it lacks).
+    Replicate {
+        name: String,
+        #[arg(long = "to")]
+        node: String,
+    },
     /// List images.
     List,
     /// Show one image.
     Show { name: String },
     /// Delete an image.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up an instance's disk (a running VM is paused for the copy).
+    Create {
+        instance: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List an instance's backups.
+    List { instance: String },
+    /// Create a new instance from a backup (INSTANCE@NAME).
+    Restore {
+        backup: String,
+        #[arg(long = "as")]
+        as_name: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Keep the newest N backups of an instance.
+    Prune {
+        instance: String,
+        #[arg(long)]
+        keep_last: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Logical vs stored bytes, dedup and compression ratios.
+    Stats,
+    /// Re-hash every chunk; name images and backups hit by corruption.
+    Verify,
+    /// Remove chunks that nothing references.
+    Gc,
 }
 
 #[derive(Debug, Subcommand)]

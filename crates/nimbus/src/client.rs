@@ -251,3 +251,46 @@ impl ApiClient {
             .await
     }
 }
+
+impl ApiClient {
+    /// GET a JSON resource.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(self.http.get(self.url(path))).await
+    }
+
+    /// POST JSON, decode the JSON answer.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        self.json(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// Streams a GET into a file, calling `progress(done, total)`.
+    pub async fn download(
+        &self,
+        path: &str,
+        dest: &std::path::Path,
+        progress: impl Fn(u64, u64),
+    ) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut resp = self.send(self.http.get(self.url(path))).await?;
+        let total = resp.content_length().unwrap_or(0);
+        let io =
+            |e: std::io::Error| ClientError::Decode(format!("writing {}: {e}", dest.display()));
+        let mut f = tokio::fs::File::create(dest).await.map_err(io)?;
+        let mut done = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+        {
+            f.write_all(&chunk).await.map_err(io)?;
+            done += chunk.len() as u64;
+            progress(done, total);
+        }
+        f.sync_all().await.map_err(io)?;
+        Ok(())
+    }
+}

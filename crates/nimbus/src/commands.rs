@@ -37,6 +37,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Events { follow } => events(&api, out, follow).await,
         Command::Image(c) => crate::images::run(&api, out, c).await,
+        Command::Backup(c) => crate::backups::backup(&api, out, c).await,
+        Command::Store(c) => crate::backups::store(&api, out, c).await,
         Command::Openapi => {
             println!("{}", nimbus_server::http::openapi_json());
             Ok(0)
@@ -126,6 +128,7 @@ fn create_request(a: &CreateArgs) -> Result<CreateInstance> {
             expected_runtime_secs: a.expected_runtime,
             node_selector: run::parse_kv(&a.node_selector, "--node-selector")?,
             image,
+            disk_image: None,
             vcpus: a.vcpus,
             ports,
             user_data,

@@ -26,6 +26,53 @@ pub async fn run(api: &ApiClient, out: Output, c: ImageCommand) -> Result<i32> {
             let img = import_disk(api, &name, &file).await?;
             print_image(out, &img);
         }
+        ImageCommand::Export { name, file, format } => {
+            let format = format.unwrap_or_else(|| {
+                if file.extension().is_some_and(|e| e == "qcow2") {
+                    "qcow2".into()
+                } else {
+                    "raw".into()
+                }
+            });
+            if file.exists() {
+                bail!("{} exists; choose another file name", file.display());
+            }
+            let bar = bytes_bar("export");
+            let b = bar.clone();
+            let res = api
+                .download(
+                    &format!("/v1/images/{name}/export?format={format}"),
+                    &file,
+                    move |done, total| {
+                        b.set_length(total);
+                        b.set_position(done);
+                    },
+                )
+                .await;
+            bar.finish_and_clear();
+            if let Err(e) = res {
+                let _ = std::fs::remove_file(&file);
+                return Err(e.into());
+            }
+            if out == Output::Table {
+                println!("image {name} exported to {} ({format})", file.display());
+            }
+        }
+        ImageCommand::Replicate { name, node } => {
+            let _: serde_json::Value = api
+                .post(
+                    &format!("/v1/images/{name}/replicate"),
+                    &serde_json::json!({ "node": node }),
+                )
+                .await
+                .or_else(|e| match e {
+                    crate::client::ClientError::Decode(_) => Ok(serde_json::Value::Null),
+                    other => Err(other),
+                })?;
+            if out == Output::Table {
+                println!("node {node} is copying image {name} (see `nimbus events`)");
+            }
+        }
         ImageCommand::List => {
             println!("{}", output::images(out, &api.list_images().await?));
         }
@@ -103,11 +150,9 @@ pub async fn import_disk(api: &ApiClient, name: &str, file: &Path) -> Result<Ima
         .await?)
 }
 
-async fn upload(api: &ApiClient, name: &str, file: &str, path: &Path) -> Result<()> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    let bar = indicatif::ProgressBar::new(len);
+/// A byte-counting progress bar on stderr (hidden when stderr is not a terminal).
+fn bytes_bar(label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -118,7 +163,16 @@ async fn upload(api: &ApiClient, name: &str, file: &str, path: &Path) -> Result<
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_message(file.to_string());
+    bar.set_message(label.to_string());
+    bar
+}
+
+async fn upload(api: &ApiClient, name: &str, file: &str, path: &Path) -> Result<()> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let bar = bytes_bar(file);
+    bar.set_length(len);
     let b = bar.clone();
     let res = api
         .upload_image_file(name, file, path, move |n| b.set_position(n))

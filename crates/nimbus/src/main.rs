@@ -6,9 +6,11 @@
 //! - `run`: the long-running roles (`up`, `server`, `agent`).
 //! - `commands`: client commands, one function each.
 //! - `client`: the typed HTTP client.
-//! - `images`: image build, import and listing.
+//! - `images`: image build, import, export and listing.
+//! - `backups`: backups and chunk-store maintenance.
 //! - `output`: tables and JSON.
 
+mod backups;
 mod cli;
 mod client;
 mod commands;

@@ -194,3 +194,32 @@ pub fn images(out: Output, items: &[nimbus_api::Image]) -> String {
     }
     t.to_string()
 }
+
+pub fn backups(out: Output, items: &[nimbus_api::Backup]) -> String {
+    if out == Output::Json {
+        return json(&items);
+    }
+    let mut t = table(&[
+        "BACKUP",
+        "STATE",
+        "NODE",
+        "SIZE",
+        "NEW BYTES",
+        "CONSISTENCY",
+        "AGE",
+        "REASON",
+    ]);
+    for b in items {
+        t.add_row(vec![
+            b.reference(),
+            format!("{:?}", b.state).to_lowercase(),
+            b.node.clone().unwrap_or_else(|| "-".into()),
+            format_mib(b.size.div_ceil(1024 * 1024)),
+            b.new_bytes.to_string(),
+            b.consistency.clone().unwrap_or_else(|| "-".into()),
+            age(b.created_at_ms),
+            b.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    t.to_string()
+}

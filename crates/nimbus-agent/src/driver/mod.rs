@@ -77,11 +77,12 @@ pub struct VmConfig {
 /// How a VM boots.
 #[derive(Debug, Clone)]
 pub enum VmBoot {
-    /// Direct kernel boot.
+    /// Direct kernel boot, with an optional disk that starts from `disk_base` (raw).
     Kernel {
         kernel: PathBuf,
         initrd: PathBuf,
         cmdline: String,
+        disk_base: Option<PathBuf>,
     },
     /// A base disk (read-only; the instance writes to its own overlay).
     Disk { base: PathBuf, format: String },

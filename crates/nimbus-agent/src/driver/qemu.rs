@@ -126,6 +126,7 @@ impl QemuDriver {
                 kernel,
                 initrd,
                 cmdline,
+                disk_base,
             } => {
                 a.extend([
                     "-kernel".into(),
@@ -135,7 +136,7 @@ impl QemuDriver {
                     "-append".into(),
                     cmdline.clone(),
                 ]);
-                if spec.disk_mib > 0 {
+                if spec.disk_mib > 0 || disk_base.is_some() {
                     a.extend(drive(&dir.join("overlay.qcow2"), "qcow2", false));
                 }
             }
@@ -171,11 +172,13 @@ impl QemuDriver {
             VmBoot::Disk { base, format } => {
                 cmd.arg("-b").arg(base).args(["-F", format]);
             }
-            VmBoot::Kernel { .. } => {
-                if size.is_none() {
-                    return Ok(());
+            VmBoot::Kernel { disk_base, .. } => match disk_base {
+                Some(base) => {
+                    cmd.arg("-b").arg(base).args(["-F", "raw"]);
                 }
-            }
+                None if size.is_none() => return Ok(()),
+                None => {}
+            },
         }
         cmd.arg(&overlay);
         if let Some(s) = &size {

@@ -1,10 +1,12 @@
 //! The HTTP API under `/v1`: router, extractors that turn every rejection into the one
 //! error shape, request-latency middleware, `/metrics` and the OpenAPI document.
 
+pub mod backups;
 pub mod events;
 pub mod images;
 pub mod instances;
 pub mod nodes;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -86,12 +88,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         images::get_image,
         images::delete_image,
         images::download_file,
+        store::stats,
+        store::verify,
+        store::gc,
+        store::image_manifest,
+        store::get_chunk,
+        store::put_chunk,
+        store::missing,
+        store::put_backup_manifest,
+        store::export_image,
+        backups::create_backup,
+        backups::list_backups,
+        backups::prune_backups,
+        backups::complete_backup,
+        backups::restore_backup,
+        backups::replicate_image,
+        backups::replica_done,
     ),
     tags(
         (name = "instances", description = "Workloads: create, inspect, control"),
         (name = "nodes", description = "Hosts and the agent protocol"),
         (name = "events", description = "The event log"),
         (name = "images", description = "VM images"),
+        (name = "backups", description = "Backups of instance disks"),
+        (name = "store", description = "The chunk store (deduplicated images and backups)"),
     )
 )]
 pub struct ApiDoc;
@@ -215,6 +235,44 @@ pub fn router(state: AppState) -> Router {
                 .get(images::download_file)
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        .route("/v1/images/{name}/export", get(store::export_image))
+        .route(
+            "/v1/images/{name}/replicate",
+            post(backups::replicate_image),
+        )
+        .route("/v1/store/stats", get(store::stats))
+        .route("/v1/store/verify", post(store::verify))
+        .route("/v1/store/gc", post(store::gc))
+        .route("/v1/store/images/{name}", get(store::image_manifest))
+        .route("/v1/store/chunks/missing", post(store::missing))
+        .route(
+            "/v1/store/chunks/{id}",
+            get(store::get_chunk)
+                .put(store::put_chunk)
+                .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024)),
+        )
+        .route(
+            "/v1/store/backups/{instance}/{name}",
+            axum::routing::put(store::put_backup_manifest)
+                .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024)),
+        )
+        .route(
+            "/v1/instances/{name}/backups",
+            post(backups::create_backup).get(backups::list_backups),
+        )
+        .route(
+            "/v1/instances/{name}/backups/prune",
+            post(backups::prune_backups),
+        )
+        .route(
+            "/v1/nodes/{node}/backups/{instance}/{name}",
+            post(backups::complete_backup),
+        )
+        .route(
+            "/v1/nodes/{node}/replicas/{image}",
+            post(backups::replica_done),
+        )
+        .route("/v1/backups/restore", post(backups::restore_backup))
         .route("/v1/events", get(events::list_events))
         .route("/v1/openapi.json", get(openapi_handler))
         .route("/metrics", get(metrics_handler))

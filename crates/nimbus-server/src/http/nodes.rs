@@ -141,7 +141,12 @@ pub async fn assignments(
         // Read the revision first: a change that lands during the read is seen next time.
         let index = c.store.revision()?;
         let assignments = c.assignments(&name)?;
-        Ok(Assignments { index, assignments })
+        let images = c.replicas_for(&name)?;
+        Ok(Assignments {
+            index,
+            assignments,
+            images,
+        })
     })
     .await?;
     Ok(Json(out))
