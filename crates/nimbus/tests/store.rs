@@ -266,3 +266,67 @@ fn fetch(c: &TestCluster, inst: &Value, path: &str) -> String {
         },
     )
 }
+
+#[test]
+fn replicate_copies_only_the_chunks_a_node_lacks() {
+    let mut c = TestCluster::up("t-repl-a", &[]);
+    c.add_agent("t-repl-b", &["--sim"]);
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("base.raw");
+    make_disk(&raw, 16, 11);
+    assert!(c
+        .cli(&["image", "import", "base", raw.to_str().unwrap()])
+        .status
+        .success());
+    // A second image sharing most content: changed in one region only.
+    let raw2 = dir.path().join("next.raw");
+    std::fs::copy(&raw, &raw2).unwrap();
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&raw2).unwrap();
+        f.seek(SeekFrom::Start(8 * 1024 * 1024)).unwrap();
+        f.write_all(&vec![0x5a; 256 * 1024]).unwrap();
+    }
+    assert!(c
+        .cli(&["image", "import", "next", raw2.to_str().unwrap()])
+        .status
+        .success());
+
+    let copied = |image: &str| -> (u64, u64) {
+        let out = c.cli(&["image", "replicate", image, "--to", "t-repl-b"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ev = c.wait_for(
+            &format!("{image} to reach t-repl-b"),
+            Duration::from_secs(60),
+            || {
+                let (_, v) = c.http("GET", "/v1/events?limit=1000", None);
+                v["items"].as_array().and_then(|items| {
+                    items
+                        .iter()
+                        .rev()
+                        .find(|e| e["kind"] == "image_replicated" && e["object"] == image)
+                        .cloned()
+                })
+            },
+        );
+        // "to node t-repl-b: N chunks, M bytes sent"
+        let msg = ev["message"].as_str().unwrap().to_string();
+        let nums: Vec<u64> = msg
+            .split(|ch: char| !ch.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (nums[nums.len() - 2], nums[nums.len() - 1])
+    };
+    let (base_chunks, base_bytes) = copied("base");
+    assert!(base_chunks > 4, "the first copy moves the image's chunks");
+    let (next_chunks, next_bytes) = copied("next");
+    assert!(next_chunks >= 1, "the changed region must be sent");
+    assert!(
+        next_chunks * 3 < base_chunks && next_bytes * 3 < base_bytes,
+        "only missing chunks move: base {base_chunks} chunks/{base_bytes} B, next {next_chunks}/{next_bytes}"
+    );
+}

@@ -74,6 +74,8 @@ pub struct TestCluster {
     agent_args: Vec<String>,
     pub server: Option<Proc>,
     pub agent: Option<Proc>,
+    /// More agents joined with [`TestCluster::add_agent`].
+    pub extra_agents: Vec<Proc>,
     listen: String,
 }
 
@@ -113,6 +115,7 @@ impl TestCluster {
             agent_args,
             server: None,
             agent: None,
+            extra_agents: Vec::new(),
             listen: "127.0.0.1:0".into(),
         }
     }
@@ -180,6 +183,35 @@ impl TestCluster {
         ]);
         args.extend(self.agent_args.clone());
         self.agent = Some(Proc::spawn(&args, self.dir.path().join("agent.log")));
+    }
+
+    /// Starts one more agent (its own node `name`, own data directory) and waits
+    /// until its node is ready.
+    pub fn add_agent(&mut self, name: &str, extra: &[&str]) {
+        let data = self.dir.path().join(format!("agent-{name}"));
+        let mut args = s(&[
+            "agent",
+            "--server",
+            &self.url,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        args.extend(s(extra));
+        self.extra_agents.push(Proc::spawn(
+            &args,
+            self.dir.path().join(format!("agent-{name}.log")),
+        ));
+        let n = name.to_string();
+        self.wait_for(
+            &format!("node {name} to register"),
+            Duration::from_secs(30),
+            || {
+                let (code, v) = self.http("GET", &format!("/v1/nodes/{n}"), None);
+                (code == 200 && v["state"] == "ready").then_some(())
+            },
+        );
     }
 
     pub fn kill9_server(&mut self) {
@@ -297,6 +329,9 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        for p in self.extra_agents.drain(..) {
+            p.kill9();
+        }
         self.kill9_agent();
         self.kill9_server();
         // Shims and their commands outlive agents by design: end the ones this test made.
