@@ -63,13 +63,31 @@ impl TmpFile {
     /// fsyncs the file, closes it and renames it to `dest`. With `no_clobber` an
     /// existing `dest` is an `AlreadyExists` error (hard link + unlink, atomic).
     /// The caller fsyncs `dest`'s directory.
-    pub(crate) fn persist(mut self, dest: &Path, no_clobber: bool) -> Result<()> {
+    pub(crate) fn persist(self, dest: &Path, no_clobber: bool) -> Result<()> {
+        self.persist_with(dest, no_clobber, false)
+    }
+
+    /// [`TmpFile::persist`], optionally dropping the file's pages from the page
+    /// cache once they are on disk (for chunk files, which are rarely read back
+    /// soon: a backup should not push a host's useful cache out).
+    pub(crate) fn persist_with(
+        mut self,
+        dest: &Path,
+        no_clobber: bool,
+        drop_cache: bool,
+    ) -> Result<()> {
         let file = match self.file.take() {
             Some(f) => f,
             None => File::open(&self.path).ctx(|| format!("opening {}", self.path.display()))?,
         };
         file.sync_all()
             .ctx(|| format!("syncing {}", self.path.display()))?;
+        if drop_cache {
+            // SAFETY: advice on our own descriptor; failure is harmless.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
         drop(file);
         if no_clobber {
             match fs::hard_link(&self.path, dest) {

@@ -49,13 +49,14 @@
 //! removed by the next [`ImageStore::gc`], which also empties `tmp/`.
 //!
 //! # Concurrency: why gc never deletes a chunk an in-flight write will reference
-//! Every operation except `gc` holds a *shared* `flock` on `<root>/lock` for its whole
-//! duration (an import from its first chunk to its manifest's rename, an export
-//! from reading the manifest to the last chunk); `gc` holds it *exclusively*. So gc
-//! runs only while no write is in flight, and sees every manifest an import will
-//! write, or none of its chunks as in-flight: when gc starts, all completed writes
-//! have their manifests in place, and new writes wait until gc is done. Locks are
-//! released by the kernel when a process dies, so a crashed writer never blocks gc.
+//! Every operation that writes, or reads chunks (imports, exports, `verify`,
+//! `delete`, `prune`, the `put_*` primitives) holds a *shared* `flock` on
+//! `<root>/lock` for its whole duration: an import from before its first chunk until
+//! after its manifest's rename. `gc` holds it *exclusively*. So gc never overlaps a
+//! write: when it gets the lock, every earlier write has either finished (its
+//! manifest is in place, so its chunks are referenced) or died (its chunks are
+//! garbage), and writes that start later wait until gc is done. The kernel releases
+//! the lock of a process that dies, so a crashed writer never blocks gc.
 //! Replication, which puts chunks and the manifest in separate calls, holds a
 //! [`WriteLease`] ([`ImageStore::lease`]) across them; without one, gc may collect
 //! the copied chunks in between and `put_manifest` refuses with

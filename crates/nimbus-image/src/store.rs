@@ -250,7 +250,7 @@ impl ImageStore {
         tmp.file()
             .write_all(encoded)
             .ctx(|| format!("writing chunk {id}"))?;
-        tmp.persist(&dest, false)
+        tmp.persist_with(&dest, false, true)
     }
 
     /// fsyncs the fan-out directories named in `prefixes`.

@@ -122,9 +122,38 @@ impl FitTree {
             e.right = NIL;
             e.linked = true;
         }
-        let (l, r) = self.split(self.root, &key);
-        let l = self.merge(l, slot as u32);
-        self.root = self.merge(l, r);
+        self.root = self.insert(self.root, slot as u32).0;
+    }
+
+    /// Inserts the unlinked entry `s` into subtree `t`; returns the subtree's new root and
+    /// whether its maxima changed. Standard treap insertion: descend by key until `s`
+    /// outranks the subtree root, then split that subtree around `s`. A treap's shape is
+    /// determined by its keys and priorities, so this builds the same tree as splitting at
+    /// the root and merging; and an ancestor's maxima are only recomputed while they can
+    /// still change, so an update costs far fewer recomputations.
+    fn insert(&mut self, t: u32, s: u32) -> (u32, bool) {
+        if t == NIL {
+            return (s, true);
+        }
+        if self.e(s).prio > self.e(t).prio {
+            let key = self.e(s).key;
+            let (l, r) = self.split(t, &key);
+            let e = &mut self.entries[s as usize];
+            e.left = l;
+            e.right = r;
+            self.pull(s);
+            return (s, true);
+        }
+        let grew = if self.e(s).key < self.e(t).key {
+            let (l, grew) = self.insert(self.e(t).left, s);
+            self.entries[t as usize].left = l;
+            grew
+        } else {
+            let (r, grew) = self.insert(self.e(t).right, s);
+            self.entries[t as usize].right = r;
+            grew
+        };
+        (t, grew && self.pull_changed(t))
     }
 
     /// Takes `slot` out of the tree (no-op if absent).
@@ -133,7 +162,7 @@ impl FitTree {
             return;
         }
         let key = self.entries[slot].key;
-        self.root = self.remove_rec(self.root, &key);
+        self.root = self.remove_rec(self.root, &key).0;
         self.entries[slot].linked = false;
     }
 
@@ -141,7 +170,23 @@ impl FitTree {
         &self.entries[t as usize]
     }
 
+    /// [`Self::pull`], returning whether `t`'s maxima changed (when they did not, no
+    /// ancestor's can have).
+    fn pull_changed(&mut self, t: u32) -> bool {
+        let max = self.combined(t);
+        if max == self.e(t).max {
+            return false;
+        }
+        self.entries[t as usize].max = max;
+        true
+    }
+
     fn pull(&mut self, t: u32) {
+        self.entries[t as usize].max = self.combined(t);
+    }
+
+    /// The maxima of `t`'s subtree from its own amounts and its children's maxima.
+    fn combined(&self, t: u32) -> Amounts {
         let (l, r) = (self.e(t).left, self.e(t).right);
         let mut max = self.e(t).own;
         for c in [l, r] {
@@ -151,7 +196,7 @@ impl FitTree {
                 }
             }
         }
-        self.entries[t as usize].max = max;
+        max
     }
 
     /// Splits `t` into keys `< key` and keys `>= key`.
@@ -193,24 +238,24 @@ impl FitTree {
         }
     }
 
-    fn remove_rec(&mut self, t: u32, key: &Key) -> u32 {
+    /// Removes `key` from subtree `t`; returns the new root and whether its maxima may
+    /// have changed.
+    fn remove_rec(&mut self, t: u32, key: &Key) -> (u32, bool) {
         debug_assert!(t != NIL, "fit tree entry missing");
         if t == NIL {
-            return NIL;
+            return (NIL, false);
         }
         match key.cmp(&self.e(t).key) {
-            Ordering::Equal => self.merge(self.e(t).left, self.e(t).right),
+            Ordering::Equal => (self.merge(self.e(t).left, self.e(t).right), true),
             Ordering::Less => {
-                let l = self.remove_rec(self.e(t).left, key);
+                let (l, changed) = self.remove_rec(self.e(t).left, key);
                 self.entries[t as usize].left = l;
-                self.pull(t);
-                t
+                (t, changed && self.pull_changed(t))
             }
             Ordering::Greater => {
-                let r = self.remove_rec(self.e(t).right, key);
+                let (r, changed) = self.remove_rec(self.e(t).right, key);
                 self.entries[t as usize].right = r;
-                self.pull(t);
-                t
+                (t, changed && self.pull_changed(t))
             }
         }
     }
@@ -388,5 +433,41 @@ mod tests {
         assert_eq!(t.last(&a([1, 0, 0]), all), Some((100, 4, 5)));
         assert_eq!(t.last(&a([1, 0, 0]), &mut |n| n != 5), Some((14, 0, 4)));
         assert_eq!(t.last(&a([15, 0, 0]), &mut |n| n != 5), None);
+    }
+
+    #[test]
+    fn updates_keep_maxima_equal_to_a_rebuild() {
+        // Insertions and removals recompute an ancestor's maxima only while they can
+        // change; the result must equal recomputing every subtree from scratch.
+        let mut x = 0x5EED_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let n = 41;
+        let mut t = FitTree::new(n);
+        for _ in 0..3000 {
+            let slot = (next() % n as u64) as usize;
+            if next() % 5 == 0 {
+                t.remove(slot);
+            } else {
+                let own = std::array::from_fn(|_| next() % 16);
+                t.upsert(slot, slot, own);
+            }
+        }
+        let mut rebuilt = t.clone();
+        rebuilt.pull_all(rebuilt.root);
+        for slot in 0..n {
+            if t.entries[slot].linked {
+                assert_eq!(
+                    t.entries[slot].max, rebuilt.entries[slot].max,
+                    "slot {slot}"
+                );
+            }
+        }
+        let keys = t.keys();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
     }
 }

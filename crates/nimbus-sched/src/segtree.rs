@@ -46,20 +46,33 @@ impl SegTree {
         self.max[i] = value.unwrap_or([0; WIDTH]);
         while i > 1 {
             i /= 2;
-            self.pull(i);
+            let (live, max) = self.combined(i);
+            if live == self.live[i] && max == self.max[i] {
+                // Unchanged here, so unchanged above.
+                break;
+            }
+            self.live[i] = live;
+            self.max[i] = max;
         }
     }
 
     /// Recomputes internal node `i` from its children.
     fn pull(&mut self, i: usize) {
+        let (live, max) = self.combined(i);
+        self.live[i] = live;
+        self.max[i] = max;
+    }
+
+    /// Internal node `i`'s liveness and maxima from its children.
+    fn combined(&self, i: usize) -> (bool, Amounts) {
         let (l, r) = (2 * i, 2 * i + 1);
-        self.live[i] = self.live[l] || self.live[r];
-        self.max[i] = match (self.live[l], self.live[r]) {
+        let max = match (self.live[l], self.live[r]) {
             (true, true) => std::array::from_fn(|k| self.max[l][k].max(self.max[r][k])),
             (true, false) => self.max[l],
             (false, true) => self.max[r],
             (false, false) => [0; WIDTH],
         };
+        (self.live[l] || self.live[r], max)
     }
 
     /// The leftmost live leaf whose amounts are all >= `need` and for which `accept` holds.
@@ -138,5 +151,30 @@ mod tests {
     fn empty_tree_finds_nothing() {
         let t = SegTree::new(0);
         assert_eq!(t.leftmost(&a([0, 0, 0]), &mut |_| true), None);
+    }
+
+    #[test]
+    fn updates_keep_maxima_equal_to_a_rebuild() {
+        // Early-stopping updates (an unchanged node leaves its ancestors alone) must
+        // leave every internal node exactly as a full rebuild would.
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let n = 37;
+        let mut leaves = vec![None; n];
+        let mut t = SegTree::new(n);
+        for _ in 0..2000 {
+            let pos = (next() % n as u64) as usize;
+            let v = (next() % 4 != 0).then(|| a([next() % 8, next() % 8, next() % 3]));
+            leaves[pos] = v;
+            t.set(pos, v);
+        }
+        let rebuilt = SegTree::build(leaves.into_iter());
+        assert_eq!(t.live, rebuilt.live);
+        assert_eq!(t.max, rebuilt.max);
     }
 }

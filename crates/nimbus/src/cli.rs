@@ -53,6 +53,9 @@ pub enum Command {
     /// The chunk store: statistics, verification, garbage collection.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Datacenter simulator on the live scheduler.
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Show the event log.
     Events {
         /// Keep printing new events.
@@ -299,6 +302,42 @@ pub enum BackupCommand {
         instance: String,
         #[arg(long)]
         keep_last: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Run a scenario: every listed policy, side by side; writes CSV, JSON and HTML.
+    Run {
+        scenario: PathBuf,
+        /// Replay this trace instead of the scenario's workload.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Trace format: azure or google (default: detected from the header).
+        #[arg(long)]
+        format: Option<String>,
+        /// Start from the live cluster's nodes and instances.
+        #[arg(long)]
+        from_cluster: bool,
+        /// Output directory.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Policies simulated in parallel (results do not depend on it).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print nothing on success.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write the HTML report of a run's output directory.
+    Report {
+        dir: PathBuf,
+        /// Open it in a browser if one can be started.
+        #[arg(long)]
+        open: bool,
     },
 }
 

@@ -39,6 +39,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Image(c) => crate::images::run(&api, out, c).await,
         Command::Backup(c) => crate::backups::backup(&api, out, c).await,
         Command::Store(c) => crate::backups::store(&api, out, c).await,
+        Command::Sim(c) => crate::sim::run(&api, c).await,
         Command::Openapi => {
             println!("{}", nimbus_server::http::openapi_json());
             Ok(0)

@@ -8,6 +8,7 @@
 //! - `client`: the typed HTTP client.
 //! - `images`: image build, import, export and listing.
 //! - `backups`: backups and chunk-store maintenance.
+//! - `sim`: the datacenter simulator and its live-cluster snapshot.
 //! - `output`: tables and JSON.
 
 mod backups;
@@ -17,6 +18,7 @@ mod commands;
 mod images;
 mod output;
 mod run;
+mod sim;
 
 use clap::Parser;
 
