@@ -1,11 +1,11 @@
 //! Exporting (restoring) an image or backup to a raw or qcow2 file.
 //!
 //! The output is written under a temporary name next to the destination, sparse
-//! (zero extents are never written), by `threads` workers that read, decompress and
-//! verify chunks in parallel and write them at their offsets (starting writeback of
-//! each piece at once, so the disk works while chunks are decoded). Only a complete,
-//! fsynced output is renamed to the destination; on any error (a corrupt or
-//! missing chunk, a full disk) the partial output is removed.
+//! (zero extents are never written), by `threads + io_threads` workers that read,
+//! decompress and verify chunks in parallel and write them at their offsets
+//! (starting writeback of each piece at once, so the disk works while chunks are
+//! decoded). Only a complete, fsynced output is renamed to the destination; on any
+//! error (a corrupt or missing chunk, a full disk) the partial output is removed.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -111,7 +111,9 @@ impl ImageStore {
     ) -> Result<()> {
         file.set_len(m.size)
             .ctx(|| format!("sizing the output to {} bytes", m.size))?;
-        let threads = self.opts.threads.max(1);
+        // Reading cold chunk files is I/O-bound: more workers than CPUs keep the disk
+        // busy while others decompress and hash.
+        let threads = self.opts.threads.max(1) + self.opts.io_threads;
         let total = Some(m.size);
         let zero_bytes = m.size - m.data_bytes();
         let mut done = zero_bytes;

@@ -341,7 +341,7 @@ impl ImageStore {
         let (tx, rx) = mpsc::channel::<Result<(usize, Option<String>)>>();
         let chunks_ref = &chunks;
         std::thread::scope(|s| {
-            for _ in 0..self.opts.threads.max(1) {
+            for _ in 0..self.opts.threads.max(1) + self.opts.io_threads {
                 let tx = tx.clone();
                 let next = &next;
                 s.spawn(move || {

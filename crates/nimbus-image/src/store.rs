@@ -27,7 +27,8 @@ pub struct StoreOptions {
     /// Worker threads hashing, compressing and verifying chunks (0: one per CPU).
     pub threads: usize,
     /// Threads writing and fsyncing chunk files during imports (0: 4), so that
-    /// fsyncs overlap each other and the compression.
+    /// fsyncs overlap each other and the compression. Exports and verify read
+    /// chunks with `threads + io_threads` workers.
     pub io_threads: usize,
     /// The qemu-img binary (from qemu-utils).
     pub qemu_img: PathBuf,
