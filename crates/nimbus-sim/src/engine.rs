@@ -175,6 +175,8 @@ struct HostRt {
     demand: u64,
     /// Busy millicores now (for utilization and power).
     busy: f64,
+    /// Watts per busy millicore: `(max_w - idle_w) / cores`.
+    watts_per_milli: f64,
     ver: u32,
     // Processor sharing.
     vt: f64,
@@ -346,6 +348,11 @@ impl<'a> Engine<'a> {
                     members: Vec::new(),
                     demand: 0,
                     busy: 0.0,
+                    watts_per_milli: if cores > 0 {
+                        (h.power.max_w - h.power.idle_w) / cores as f64
+                    } else {
+                        0.0
+                    },
                     ver: 0,
                     vt: 0.0,
                     vt_at: 0.0,
@@ -869,8 +876,7 @@ impl<'a> Engine<'a> {
         hs.busy = busy;
         self.acc.busy += delta;
         if hs.cores > 0 && hs.up {
-            let p = self.sim.hosts[h].power;
-            self.acc.power_w += (p.max_w - p.idle_w) * delta / hs.cores as f64;
+            self.acc.power_w += hs.watts_per_milli * delta;
         }
     }
 
