@@ -7,7 +7,7 @@
 # Environment:
 #   SIZE_MIB   size of the disk image in MiB (default 2048)
 #   WORK       scratch directory (default /var/tmp/nimbus-imgbench); the debootstrap
-#              rootfs is cached there between runs
+#              rootfs and the disk images are kept there between runs
 #   TOOLS      which tools to run (default "nimbus restic borg nimbus-256k"); nimbus-256k
 #              is nimbus-image with 256 KiB average chunks instead of 1 MiB
 #   REPEAT     runs per tool (default 3); the table shows the median of each figure
@@ -27,7 +27,8 @@
 # Stored bytes are `du -sb` of each tool's repository after (a) and after (b).
 # Comparable settings: restic repository v2 with --compression auto (its default,
 # zstd), borg `init -e none` with `--compression zstd,3` and its default chunker,
-# nimbus-image with its defaults (FastCDC 1 MiB average, zstd 3, one worker per CPU).
+# nimbus-image with its defaults (FastCDC 1 MiB average, zstd 3, one compression
+# thread per CPU and 4 I/O threads).
 set -euo pipefail
 
 SIZE_MIB=${SIZE_MIB:-2048}
@@ -220,6 +221,8 @@ for rep in $(seq "$REPEAT"); do
         echo "$tool $B1 $B2 $R $S1 $S2" | tee -a raw.txt >&2
     done
 done
+
+rm -rf cur
 
 # ---- report -------------------------------------------------------------------
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
