@@ -36,6 +36,11 @@ command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
 command -v genisoimage >/dev/null 2>&1 || missing+=(genisoimage)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+# Installing Debian's QEMU can remove a newer qemu-utils from backports: check again.
+command -v qemu-img >/dev/null 2>&1 || apt_install qemu-utils
+for t in qemu-system-x86_64 qemu-img genisoimage cpio; do
+  command -v "$t" >/dev/null 2>&1 || fail "$t is still missing after installing packages"
+done
 
 # The process driver runs every instance in its own cgroup.
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
