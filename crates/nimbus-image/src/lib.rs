@@ -18,6 +18,8 @@
 //!   hole-skipping reads, the parallel hash/compress/write pipeline.
 //! - [`export`]: `export` to raw (sparse) or qcow2, verifying every chunk.
 //! - [`maint`]: `list`, `get`, `delete`, `prune`, `stats`, `verify`, `gc`.
+//! - `check`: [`ImageStore::verify_manifest`], re-hashing the chunks of one image or
+//!   backup (before a restore trusts it).
 //! - [`replicate`]: primitives to copy images between stores (only missing chunks).
 //! - [`chunker`]: zero-run detection and FastCDC cutting; [`ChunkerConfig`].
 //! - [`codec`]: the chunk file format (header byte + raw or zstd payload).

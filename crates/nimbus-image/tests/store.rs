@@ -335,9 +335,21 @@ fn verify_finds_flipped_bit_and_names_the_image() {
     assert!(clean.is_ok(), "{clean:?}");
     assert!(clean.chunks_checked > 10);
 
+    store.verify_manifest(&ManifestName::image("a")).unwrap();
     let id = corrupt_a_chunk_of(&store, "a", "b");
     let report = store.verify(&mut noop()).unwrap();
     assert!(!report.is_ok());
+    // Checking one image finds it too; the other image is intact.
+    match store.verify_manifest(&ManifestName::image("a")) {
+        Err(ImageError::Corrupt {
+            chunk, affected, ..
+        }) => {
+            assert_eq!(chunk, id);
+            assert_eq!(affected, vec![ManifestName::image("a")]);
+        }
+        r => panic!("expected Corrupt, got {r:?}"),
+    }
+    store.verify_manifest(&ManifestName::image("b")).unwrap();
     assert_eq!(report.corrupt_chunks.len(), 1, "{report:?}");
     assert_eq!(report.corrupt_chunks[0].chunk, id);
     assert_eq!(
@@ -355,6 +367,10 @@ fn verify_finds_flipped_bit_and_names_the_image() {
         .unwrap();
     fs::remove_file(store.chunk_path(&shared_id)).unwrap();
     let report = store.verify(&mut noop()).unwrap();
+    assert!(matches!(
+        store.verify_manifest(&ManifestName::image("b")),
+        Err(ImageError::MissingChunks { .. })
+    ));
     assert_eq!(report.missing_chunks.len(), 1);
     assert_eq!(
         report.missing_chunks[0].referenced_by,
