@@ -48,6 +48,16 @@ impl ServerClient {
         Err(ClientError::Api { status, message })
     }
 
+    /// Sends a request; a transport failure or an error status becomes a `ClientError`.
+    async fn send(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(Self::transport(url))?;
+        Self::check(url, resp).await
+    }
+
     fn transport(url: &str) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
         move |source| ClientError::Transport {
             url: url.to_string(),
@@ -58,31 +68,28 @@ impl ServerClient {
     pub async fn register(&self, req: &RegisterNode) -> Result<Node, ClientError> {
         let url = format!("{}/v1/nodes", self.base);
         let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(10))
-            .json(req)
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Self::check(&url, resp)
-            .await?
-            .json()
-            .await
-            .map_err(Self::transport(&url))
+            .send(
+                &url,
+                self.http
+                    .post(&url)
+                    .timeout(Duration::from_secs(10))
+                    .json(req),
+            )
+            .await?;
+        resp.json().await.map_err(Self::transport(&url))
     }
 
     pub async fn heartbeat(&self, node: &str, hb: &Heartbeat) -> Result<(), ClientError> {
         let url = format!("{}/v1/nodes/{node}/heartbeat", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(10))
-            .json(hb)
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Self::check(&url, resp).await.map(|_| ())
+        self.send(
+            &url,
+            self.http
+                .post(&url)
+                .timeout(Duration::from_secs(10))
+                .json(hb),
+        )
+        .await
+        .map(drop)
     }
 
     /// Long-polls the node's assignments: answers when they changed past `index`.
@@ -101,17 +108,12 @@ impl ServerClient {
             url.push_str(&format!("&index={i}"));
         }
         let resp = self
-            .http
-            .get(&url)
-            .timeout(wait + Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Self::check(&url, resp)
-            .await?
-            .json()
-            .await
-            .map_err(Self::transport(&url))
+            .send(
+                &url,
+                self.http.get(&url).timeout(wait + Duration::from_secs(10)),
+            )
+            .await?;
+        resp.json().await.map_err(Self::transport(&url))
     }
 
     pub async fn ship_logs(
@@ -125,16 +127,16 @@ impl ServerClient {
             "{}/v1/instances/{instance}/logs?generation={generation}&offset={offset}",
             self.base
         );
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(10))
-            .header("content-type", "application/octet-stream")
-            .body(data)
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Self::check(&url, resp).await.map(|_| ())
+        self.send(
+            &url,
+            self.http
+                .post(&url)
+                .timeout(Duration::from_secs(10))
+                .header("content-type", "application/octet-stream")
+                .body(data),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -149,13 +151,7 @@ impl ServerClient {
         use sha2::Digest;
         use tokio::io::AsyncWriteExt;
         let url = format!("{}/v1/images/{image}/files/{file}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        let mut resp = Self::check(&url, resp).await?;
+        let mut resp = self.send(&url, self.http.get(&url)).await?;
         let tmp = dest.with_extension("part");
         let io = |e: std::io::Error| ClientError::Api {
             status: 0,
@@ -178,18 +174,9 @@ impl ServerClient {
 impl ServerClient {
     async fn bytes(&self, url: String) -> Result<Vec<u8>, ClientError> {
         let resp = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Ok(Self::check(&url, resp)
-            .await?
-            .bytes()
-            .await
-            .map_err(Self::transport(&url))?
-            .to_vec())
+            .send(&url, self.http.get(&url).timeout(Duration::from_secs(120)))
+            .await?;
+        Ok(resp.bytes().await.map_err(Self::transport(&url))?.to_vec())
     }
 
     pub async fn image_manifest(&self, image: &str) -> Result<nimbus_image::Manifest, ClientError> {
@@ -209,18 +196,15 @@ impl ServerClient {
     pub async fn missing_chunks(&self, ids: Vec<String>) -> Result<Vec<String>, ClientError> {
         let url = format!("{}/v1/store/chunks/missing", self.base);
         let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(60))
-            .json(&serde_json::json!({ "ids": ids }))
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        let v: serde_json::Value = Self::check(&url, resp)
-            .await?
-            .json()
-            .await
-            .map_err(Self::transport(&url))?;
+            .send(
+                &url,
+                self.http
+                    .post(&url)
+                    .timeout(Duration::from_secs(60))
+                    .json(&serde_json::json!({ "ids": ids })),
+            )
+            .await?;
+        let v: serde_json::Value = resp.json().await.map_err(Self::transport(&url))?;
         Ok(v["ids"]
             .as_array()
             .map(|a| {
@@ -233,16 +217,16 @@ impl ServerClient {
 
     pub async fn put_chunk(&self, id: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
         let url = format!("{}/v1/store/chunks/{id}", self.base);
-        let resp = self
-            .http
-            .put(&url)
-            .timeout(Duration::from_secs(120))
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Self::check(&url, resp).await.map(drop)
+        self.send(
+            &url,
+            self.http
+                .put(&url)
+                .timeout(Duration::from_secs(120))
+                .header("content-type", "application/octet-stream")
+                .body(bytes),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn put_backup_manifest(
@@ -252,27 +236,24 @@ impl ServerClient {
         name: &str,
     ) -> Result<(), ClientError> {
         let url = format!("{}/v1/store/backups/{instance}/{name}", self.base);
-        let resp = self
-            .http
-            .put(&url)
-            .timeout(Duration::from_secs(60))
-            .json(m)
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Self::check(&url, resp).await.map(drop)
+        self.send(
+            &url,
+            self.http.put(&url).timeout(Duration::from_secs(60)).json(m),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<(), ClientError> {
         let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(30))
-            .json(body)
-            .send()
-            .await
-            .map_err(Self::transport(&url))?;
-        Self::check(&url, resp).await.map(drop)
+        self.send(
+            &url,
+            self.http
+                .post(&url)
+                .timeout(Duration::from_secs(30))
+                .json(body),
+        )
+        .await
+        .map(drop)
     }
 }
