@@ -22,7 +22,7 @@ use crate::driver::process::ProcessDriver;
 use crate::driver::qemu::QemuDriver;
 use crate::driver::sim::SimDriver;
 use crate::driver::{
-    Driver, ExitStatus, TaskConfig, TaskHandle, TaskState, VmBoot, VmConfig, LOG_FILE,
+    Driver, ExitStatus, TaskConfig, TaskHandle, TaskState, VmBoot, VmConfig, DATA_DIR, LOG_FILE,
 };
 
 /// Which drivers the agent runs instances with.
@@ -101,9 +101,13 @@ struct TaskRecord {
     /// VMs: milliseconds from start to guest ready, once seen.
     #[serde(default)]
     boot_ms: Option<u64>,
-    /// VMs: the image the disk starts from, as the server described it.
+    /// The image the instance's storage starts from, as the server described it: a
+    /// VM's disk, or the archive a process's data directory is unpacked from.
     #[serde(default)]
     disk_image: Option<nimbus_api::Image>,
+    /// Processes: the data directory was unpacked from `disk_image` for this placement.
+    #[serde(default)]
+    data_restored: bool,
     /// Backups of this placement already made and reported.
     #[serde(default)]
     backups_done: Vec<String>,
@@ -281,6 +285,21 @@ impl Agent {
             rec.reason = Some(format!("cannot create {}: {e}", dir.display()));
             return;
         }
+        if rec.spec.kind == nimbus_api::InstanceKind::Process && !rec.data_restored {
+            if let Some(img) = rec.disk_image.clone() {
+                if let Err(reason) = self.store.restore_dir(&img.name, &dir.join(DATA_DIR)) {
+                    let exit = ExitStatus {
+                        code: None,
+                        signal: None,
+                        oom_killed: false,
+                        reason: format!("restoring the data directory: {reason}"),
+                    };
+                    self.on_exit(rec, exit);
+                    return;
+                }
+                rec.data_restored = true;
+            }
+        }
         let vm = if rec.spec.kind == nimbus_api::InstanceKind::Vm {
             match self.prepare_vm(rec) {
                 Ok(vm) => Some(vm),
@@ -369,6 +388,7 @@ impl Agent {
             boot_ms: None,
             backups_done: vec![],
             disk_image: a.disk_image.clone(),
+            data_restored: false,
             restart_at: None,
             started: None,
         }
@@ -380,6 +400,12 @@ impl Agent {
             .image
             .clone()
             .ok_or_else(|| format!("image {:?} is not known to the server", rec.spec.image))?;
+        if image.kind == nimbus_api::ImageKind::Archive {
+            return Err(format!(
+                "image {} is an archive for a process's data directory, not a bootable image",
+                image.name
+            ));
+        }
         let dir = self.cfg.data_dir.join("images").join(&image.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         if image.kind == nimbus_api::ImageKind::Disk {
@@ -434,7 +460,7 @@ impl Agent {
                     None => None,
                 },
             },
-            nimbus_api::ImageKind::Disk => VmBoot::Disk {
+            nimbus_api::ImageKind::Disk | nimbus_api::ImageKind::Archive => VmBoot::Disk {
                 base: dir.join("disk"),
                 format: image.format.clone().unwrap_or_else(|| "raw".into()),
             },
@@ -631,9 +657,10 @@ impl Agent {
         changed
     }
 
-    /// Backs up an instance's disk and reports the outcome to the server.
+    /// Backs up an instance's disk (VMs) or data directory (processes) and reports the
+    /// outcome to the server.
     fn make_backup(&self, rec: &mut TaskRecord, name: &str) {
-        let disk = instance_dir(&self.cfg.data_dir, &rec.name).join("overlay.qcow2");
+        let dir = instance_dir(&self.cfg.data_dir, &rec.name);
         let running = rec.handle.is_some() && rec.state == InstanceState::Running;
         let driver = self.driver_for(&rec.spec);
         let handle = rec.handle.clone();
@@ -654,20 +681,26 @@ impl Agent {
             }
         };
         let meta = serde_json::to_value(&rec.spec).unwrap_or_default();
-        let res = self.store.backup_disk(
-            &rec.name,
-            name,
-            &disk,
-            meta,
-            running.then_some((
-                &pause as &dyn Fn() -> Result<(), String>,
-                &resume as &dyn Fn() -> Result<(), String>,
-            )),
-        );
+        let bracket = running.then_some((
+            &pause as &dyn Fn() -> Result<(), String>,
+            &resume as &dyn Fn() -> Result<(), String>,
+        ));
+        let (res, paused) = match rec.spec.kind {
+            nimbus_api::InstanceKind::Vm => (
+                self.store
+                    .backup_disk(&rec.name, name, &dir.join("overlay.qcow2"), meta, bracket),
+                "paused",
+            ),
+            nimbus_api::InstanceKind::Process => (
+                self.store
+                    .backup_dir(&rec.name, name, &dir.join(DATA_DIR), meta, bracket),
+                "frozen",
+            ),
+        };
         let body = match &res {
             Ok((m, t)) => serde_json::json!({
                 "ok": true, "size": m.size, "new_bytes": t.bytes, "new_chunks": t.chunks,
-                "consistency": if running { "paused" } else { "stopped" },
+                "consistency": if running { paused } else { "stopped" },
             }),
             Err(e) => serde_json::json!({ "ok": false, "reason": e }),
         };

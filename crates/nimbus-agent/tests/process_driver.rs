@@ -291,7 +291,7 @@ fn exit_code_env_workdir_and_log() {
     assert!(log.contains("to-stdout\n"), "{log}");
     assert!(log.contains("to-stderr\n"), "{log}");
     assert!(log.contains("foo=bar baz\n"), "{log}");
-    let cwd = fs::canonicalize(tmp.path()).unwrap();
+    let cwd = fs::canonicalize(tmp.path()).unwrap().join("data");
     assert!(log.contains(&format!("{}\n", cwd.display())), "{log}");
 
     // Restarting the same instance reuses the directory: the old exit status is gone
@@ -447,4 +447,65 @@ fn starting_again_replaces_the_earlier_start() {
     d.stop(&h2, Duration::from_secs(2)).unwrap();
     let st = wait_exit(&d, &h2, Duration::from_secs(1));
     assert_eq!(st.signal, Some(libc::SIGTERM), "{st:?}");
+}
+
+#[test]
+fn pause_freezes_every_process_and_resume_thaws_them() {
+    if !root() {
+        return;
+    }
+    let d = driver();
+    let tmp = tempfile::tempdir().unwrap();
+    // A child in the background and the shell itself both write.
+    let script = "(while true; do echo c >> child; sleep 0.01; done) & \
+                  while true; do echo p >> parent; sleep 0.01; done";
+    let cfg = config(
+        &unique("freeze"),
+        tmp.path(),
+        &["sh", "-c", script],
+        200,
+        32,
+    );
+    let h = d.start(&cfg).unwrap();
+    let _cleanup = Cleanup(&d, h.clone());
+    let data = tmp.path().join("data");
+    let sizes = || {
+        (
+            fs::metadata(data.join("parent"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+            fs::metadata(data.join("child"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sizes().0 == 0 || sizes().1 == 0 {
+        assert!(Instant::now() < deadline, "the writers never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.pause(&h).unwrap();
+    let frozen = sizes();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sizes(), frozen, "nothing is written while paused");
+    assert!(matches!(d.status(&h), Ok(TaskState::Running)));
+
+    d.resume(&h).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = sizes();
+        if now.0 > frozen.0 && now.1 > frozen.1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both writers run again after resume"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A paused task can still be stopped.
+    d.pause(&h).unwrap();
+    d.stop(&h, Duration::from_secs(2)).unwrap();
+    assert!(matches!(d.status(&h), Ok(TaskState::Exited(_))));
 }

@@ -10,6 +10,9 @@ pub enum ImageKind {
     Kernel,
     /// A whole disk (`disk`), raw or qcow2, booted by the firmware.
     Disk,
+    /// A tar archive a process instance's data directory is unpacked from (a restored
+    /// backup of a process).
+    Archive,
 }
 
 /// One file of an image.
@@ -51,8 +54,16 @@ impl Image {
     pub fn size(&self) -> u64 {
         match self.kind {
             ImageKind::Kernel => self.files.iter().map(|f| f.size).sum(),
-            ImageKind::Disk => self.virtual_size.unwrap_or(0),
+            ImageKind::Disk | ImageKind::Archive => self.virtual_size.unwrap_or(0),
         }
+    }
+}
+
+impl ImageKind {
+    /// Whether the content lives in the chunk store (deduplicated; nodes copy the
+    /// chunks they lack) rather than as plain files.
+    pub fn in_chunk_store(self) -> bool {
+        matches!(self, ImageKind::Disk | ImageKind::Archive)
     }
 }
 
@@ -81,6 +92,7 @@ pub fn files_of(kind: ImageKind) -> &'static [&'static str] {
     match kind {
         ImageKind::Kernel => &["vmlinuz", "initrd.img"],
         ImageKind::Disk => &["disk"],
+        ImageKind::Archive => &[],
     }
 }
 

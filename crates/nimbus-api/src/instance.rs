@@ -71,7 +71,8 @@ pub struct InstanceSpec {
     /// Environment variables for the command.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Working directory; defaults to the instance's own directory on the node.
+    /// Working directory, relative to the instance's data directory on the node (the
+    /// default; also `$NIMBUS_DATA_DIR`), which backups hold and restores unpack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     /// CPU in millicores (1000 = one core); enforced as a CFS quota.
@@ -95,8 +96,10 @@ pub struct InstanceSpec {
     /// VM only: the image to boot (see `/v1/images`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// VM only: a disk image the instance's own disk starts from (a restored backup
-    /// for VMs that boot a kernel image; disk-image VMs start from `image` itself).
+    /// What the instance's own storage starts from (a restored backup): for VMs that
+    /// boot a kernel image, a disk image for their disk (disk-image VMs start from
+    /// `image` itself); for processes, an archive image unpacked into the data
+    /// directory before the first start of each placement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_image: Option<String>,
     /// VM only: virtual CPUs (defaults to the cpu request rounded up).
@@ -177,6 +180,9 @@ impl InstanceSpec {
                             .into(),
                     );
                 }
+                if let Some(d) = &self.disk_image {
+                    crate::validate_name("image", d)?;
+                }
             }
             InstanceKind::Vm => self.validate_vm()?,
         }
@@ -203,7 +209,6 @@ impl InstanceSpec {
         }
         if self.kind == InstanceKind::Process
             && (self.image.is_some()
-                || self.disk_image.is_some()
                 || self.vcpus.is_some()
                 || !self.ports.is_empty()
                 || self.user_data.is_some()

@@ -164,7 +164,7 @@ pub struct Assignment {
     /// VMs: the image, resolved by the server, so the node can fetch it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<crate::image::Image>,
-    /// VMs: the disk image the instance's disk starts from (see `InstanceSpec::disk_image`).
+    /// The image the instance's storage starts from (see `InstanceSpec::disk_image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_image: Option<crate::image::Image>,
     /// Backups asked for and not done yet: the node makes them and reports each.

@@ -1,11 +1,12 @@
 //! Backups and replication over the cluster's chunk store.
 //!
 //! A backup is asked for through the API and recorded as `pending`; the node running
-//! the instance sees it in its assignments, copies the disk into its own chunk store
-//! (a running VM is paused for the copy, so the disk is consistent), sends the server
-//! only the chunks it lacks, and reports. Restore turns a backup into a disk image
-//! (no data copied: the manifest points at the same chunks) and creates an instance
-//! from it on any node, which copies the chunks it lacks.
+//! the instance sees it in its assignments, copies the VM's disk (or a tar of the
+//! process's data directory) into its own chunk store (a running VM is paused, a
+//! running process frozen, for the copy, so it is consistent), sends the server only
+//! the chunks it lacks, and reports. Restore turns a backup into an image (disk or
+//! archive; no data copied: the manifest points at the same chunks) and creates an
+//! instance from it on any node, which copies the chunks it lacks.
 
 use nimbus_api::backup::BackupResult;
 use nimbus_api::{
@@ -72,12 +73,8 @@ impl Cluster {
         let inst = self.get_instance(instance)?;
         let name = name.unwrap_or_else(|| format!("b{}", now_ms()));
         validate_name("backup", &name).map_err(ServerError::InvalidRequest)?;
-        if inst.kind != InstanceKind::Vm {
-            return Err(ServerError::InvalidState(format!(
-                "instance {instance:?} is a process: backups are of VM disks"
-            )));
-        }
-        if inst.spec.image.is_some()
+        if inst.kind == InstanceKind::Vm
+            && inst.spec.image.is_some()
             && self
                 .get_image(inst.spec.image.as_deref().unwrap_or(""))
                 .map(|i| i.kind == ImageKind::Kernel && inst.spec.disk_mib == 0)
@@ -89,8 +86,12 @@ impl Cluster {
             )));
         }
         let Some(node) = inst.node.clone().filter(|_| inst.is_assigned()) else {
+            let what = match inst.kind {
+                InstanceKind::Vm => "disk",
+                InstanceKind::Process => "data directory",
+            };
             return Err(ServerError::InvalidState(format!(
-                "instance {instance:?} is {} and on no node: there is no disk to back up yet",
+                "instance {instance:?} is {} and on no node: there is no {what} to back up",
                 inst.state
             )));
         };
@@ -257,6 +258,7 @@ impl Cluster {
             })?;
         let image_name = format!("{as_name}-restored");
         validate_name("image", &image_name).map_err(ServerError::InvalidRequest)?;
+        let archive = spec.kind == InstanceKind::Process;
         if self.get_image(&image_name).is_err() {
             let mut im = manifest.clone();
             im.kind = Kind::Image;
@@ -266,8 +268,12 @@ impl Cluster {
             self.chunks.put_manifest(&im).map_err(image_error)?;
             let img = Image {
                 name: image_name.clone(),
-                kind: ImageKind::Disk,
-                format: Some("raw".into()),
+                kind: if archive {
+                    ImageKind::Archive
+                } else {
+                    ImageKind::Disk
+                },
+                format: Some(if archive { "tar" } else { "raw" }.into()),
                 virtual_size: Some(manifest.size),
                 cmdline: None,
                 files: vec![],
@@ -285,7 +291,7 @@ impl Cluster {
             .as_deref()
             .and_then(|i| self.get_image(i).ok())
             .is_some_and(|i| i.kind == ImageKind::Kernel);
-        if boots_kernel {
+        if boots_kernel || archive {
             spec.disk_image = Some(image_name);
         } else {
             spec.image = Some(image_name);
@@ -315,9 +321,10 @@ impl Cluster {
     /// Asks a node to hold a copy of a disk image (it copies only missing chunks).
     pub fn request_replica(&self, image: &str, node: &str) -> Result<()> {
         let img = self.get_image(image)?;
-        if img.kind != ImageKind::Disk {
+        if !img.kind.in_chunk_store() {
             return Err(ServerError::InvalidState(format!(
-                "image {image:?} is a kernel image; only disk images live in the chunk store"
+                "image {image:?} is a kernel image; only disk and archive images live in the \
+                 chunk store"
             )));
         }
         self.get_node(node)?;

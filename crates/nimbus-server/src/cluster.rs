@@ -242,6 +242,7 @@ impl Cluster {
                 req.name
             )));
         }
+        self.check_disk_image(&req)?;
         if req.spec.kind == nimbus_api::InstanceKind::Vm {
             self.check_vm(&req)?;
         }
@@ -492,20 +493,15 @@ impl Cluster {
         self.schedule_now.notify_one();
     }
 
-    /// Pauses a running VM (QMP `stop`); its node confirms with state `paused`.
+    /// Pauses a running instance (VMs: QMP `stop`; processes: the cgroup freezer); its
+    /// node confirms with state `paused`.
     pub fn pause_instance(&self, name: &str) -> Result<Instance> {
         let inst = self.modify_instance(name, |inst| {
-            if inst.kind != nimbus_api::InstanceKind::Vm {
-                return Err(ServerError::InvalidState(format!(
-                    "cannot pause instance {:?}: only VMs can be paused",
-                    inst.name
-                )));
-            }
             if inst.state != InstanceState::Running || inst.desired != DesiredState::Running {
                 return Err(Self::refuse(
                     inst,
                     "pause",
-                    "; only running VMs can be paused",
+                    "; only running instances can be paused",
                 ));
             }
             inst.desired = DesiredState::Paused;
@@ -532,24 +528,46 @@ impl Cluster {
         Ok(inst)
     }
 
+    /// The image the instance's storage starts from exists and suits its kind: a disk
+    /// image for a VM, an archive (a restored process backup) for a process.
+    fn check_disk_image(&self, req: &CreateInstance) -> Result<()> {
+        let Some(d) = &req.spec.disk_image else {
+            return Ok(());
+        };
+        let wanted = match req.spec.kind {
+            nimbus_api::InstanceKind::Vm => nimbus_api::ImageKind::Disk,
+            nimbus_api::InstanceKind::Process => nimbus_api::ImageKind::Archive,
+        };
+        match self.get_image(d) {
+            Ok(i) if i.kind == wanted => Ok(()),
+            Ok(i) => Err(ServerError::InvalidRequest(format!(
+                "image {d:?} is a {:?} image; a {:?} starts from a {wanted:?} image",
+                i.kind, req.spec.kind
+            ))),
+            Err(_) => Err(ServerError::InvalidRequest(format!(
+                "image {d:?} not found (see `nimbus image list`)"
+            ))),
+        }
+    }
+
     /// VM checks that need cluster state: the image exists, host ports are free.
     fn check_vm(&self, req: &CreateInstance) -> Result<()> {
         if let Some(image) = &req.spec.image {
-            if self.get_image(image).is_err() {
-                return Err(ServerError::InvalidRequest(format!(
-                    "image {image:?} not found: build it with `nimbus image build tiny`, import \
-                     one with `nimbus image import NAME FILE`, or list them with `nimbus image list`"
-                )));
-            }
-        }
-        if let Some(d) = &req.spec.disk_image {
-            match self.get_image(d) {
-                Ok(i) if i.kind == nimbus_api::ImageKind::Disk => {}
-                _ => {
+            match self.get_image(image) {
+                Err(_) => {
                     return Err(ServerError::InvalidRequest(format!(
-                        "disk image {d:?} not found (it must be a disk image)"
+                        "image {image:?} not found: build it with `nimbus image build tiny`, \
+                         import one with `nimbus image import NAME FILE`, or list them with \
+                         `nimbus image list`"
                     )))
                 }
+                Ok(i) if i.kind == nimbus_api::ImageKind::Archive => {
+                    return Err(ServerError::InvalidRequest(format!(
+                        "image {image:?} is an archive of a process's data directory; a VM \
+                         boots a kernel or disk image"
+                    )))
+                }
+                Ok(_) => {}
             }
         }
         let wanted: Vec<u16> = req.spec.ports.iter().filter_map(|p| p.host).collect();
@@ -659,7 +677,7 @@ impl Cluster {
         }
         self.store.delete(IMAGE, name, img.revision)?;
         self.images.remove(name);
-        if img.kind == nimbus_api::ImageKind::Disk {
+        if img.kind.in_chunk_store() {
             let _ = self.chunks.delete(&nimbus_image::ManifestName::image(name));
         }
         self.event("image_deleted", "image", name, "");

@@ -66,6 +66,11 @@ impl ImageFiles {
         cmdline: Option<String>,
         chunks: &nimbus_image::ImageStore,
     ) -> Result<Image> {
+        if kind == ImageKind::Archive {
+            return Err(ServerError::InvalidRequest(
+                "archive images are made by restoring a process backup, not uploaded".into(),
+            ));
+        }
         let up = self.upload_dir(name);
         let mut files = Vec::new();
         for f in files_of(kind) {
@@ -83,7 +88,7 @@ impl ImageFiles {
                 check_kernel(&up.join("vmlinuz"))?;
                 check_initrd(&up.join("initrd.img"))?;
             }
-            ImageKind::Disk => {
+            ImageKind::Disk | ImageKind::Archive => {
                 let info = check_disk(&up.join("disk"))?;
                 format = Some(info.format);
                 virtual_size = Some(info.virtual_size);
@@ -131,7 +136,7 @@ impl ImageFiles {
                 ImageKind::Kernel => {
                     Some(cmdline.unwrap_or_else(|| "console=ttyS0 panic=-1".to_string()))
                 }
-                ImageKind::Disk => None,
+                ImageKind::Disk | ImageKind::Archive => None,
             },
             files,
             origin: None,

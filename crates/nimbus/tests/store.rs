@@ -330,3 +330,106 @@ fn replicate_copies_only_the_chunks_a_node_lacks() {
         "only missing chunks move: base {base_chunks} chunks/{base_bytes} B, next {next_chunks}/{next_bytes}"
     );
 }
+
+#[test]
+fn backup_of_a_running_process_restores_its_data_dir_on_another_node() {
+    let mut c = TestCluster::up("t-pbak-a", &[]);
+    c.add_agent("t-pbak-b", &[]);
+    // First start writes a file into the data directory (the working directory);
+    // a start that finds it says so. A ticker keeps writing while backups run.
+    let script = "if [ -f data.txt ]; then echo \"found $(cat data.txt)\"; \
+                  else echo \"made-$$\" > data.txt; mkdir -p sub; echo deep > sub/f; \
+                  echo made; fi; \
+                  while true; do date +%s%N >> ticks; sleep 0.02; done";
+    let out = c.cli(&[
+        "instance",
+        "create",
+        "app",
+        "--memory",
+        "32Mi",
+        "--node-selector",
+        "nimbus/node=t-pbak-a",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_state("app", "running");
+    c.wait_for("the data file", Duration::from_secs(15), || {
+        let out = c.cli(&["instance", "logs", "app"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("made")
+            .then_some(())
+    });
+    let b = c.cli_json(&["backup", "create", "app", "--name", "one"]);
+    assert_eq!(b["state"], "done", "{b}");
+    assert_eq!(
+        b["consistency"], "frozen",
+        "a running process is frozen for the copy"
+    );
+    let app = c.instance("app");
+    assert_eq!(app["state"], "running", "{app}");
+
+    // The process was thawed: its ticker still runs after the backup.
+    let cg = memory_cgroup_of(app["pid"].as_u64().unwrap());
+    let freezer = cg.to_str().unwrap().replace("/memory/", "/freezer/");
+    if let Ok(state) = std::fs::read_to_string(format!("{freezer}/freezer.state")) {
+        assert_eq!(state.trim(), "THAWED");
+    }
+
+    // Restore on the other node: the copy finds the file the original made.
+    let r = c.cli(&[
+        "backup", "restore", "app@one", "--as", "copy", "--node", "t-pbak-b",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let copy = c.wait_state("copy", "running");
+    assert_eq!(copy["node"], "t-pbak-b");
+    let found = c.wait_for("the restored file", Duration::from_secs(15), || {
+        let out = c.cli(&["instance", "logs", "copy"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find(|l| l.starts_with("found made-"))
+            .map(String::from)
+    });
+    let restored_dir = c.dir.path().join("agent-t-pbak-b/instances/copy/data");
+    assert_eq!(
+        std::fs::read_to_string(restored_dir.join("sub/f")).unwrap(),
+        "deep\n",
+        "nested files are restored ({found})"
+    );
+    let images = c.cli_json(&["image", "list"]);
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "copy-restored" && i["kind"] == "archive"),
+        "{images}"
+    );
+
+    // A stopped process keeps no data directory: nothing to back up.
+    assert!(c.cli(&["instance", "stop", "app"]).status.success());
+    c.wait_state("app", "stopped");
+    let out = c.cli(&["backup", "create", "app"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no data directory"), "{err}");
+    // An archive cannot boot a VM.
+    let out = c.cli(&[
+        "instance",
+        "create",
+        "v",
+        "--vm",
+        "--image",
+        "copy-restored",
+        "--memory",
+        "64Mi",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("archive"));
+}

@@ -4,7 +4,9 @@
 //! with the mount point of each controller taken from `/proc/self/mountinfo`.
 //! A task's cgroup is `<parent>/<name>` (parent is `nimbus` by default) in the v2
 //! hierarchy, or in each of the v1 `memory`, `cpu`, `cpuacct` and (when mounted)
-//! `pids` hierarchies; co-mounted controllers (`cpu,cpuacct`) share one directory.
+//! `pids` and `freezer` hierarchies; co-mounted controllers (`cpu,cpuacct`) share one
+//! directory. Freezing (pause, consistent backups) uses `cgroup.freeze` on v2 and the
+//! `freezer` controller on v1.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,6 +31,9 @@ pub(crate) const KEY_MEMORY: &str = "cgroup.memory";
 pub(crate) const KEY_CPU: &str = "cgroup.cpu";
 pub(crate) const KEY_CPUACCT: &str = "cgroup.cpuacct";
 pub(crate) const KEY_PIDS: &str = "cgroup.pids";
+pub(crate) const KEY_FREEZER: &str = "cgroup.freezer";
+/// How long freezing or thawing may take before it is reported as failed.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which cgroup API the node offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +62,7 @@ pub(crate) enum Hierarchy {
         cpu: PathBuf,
         cpuacct: PathBuf,
         pids: Option<PathBuf>,
+        freezer: Option<PathBuf>,
     },
 }
 
@@ -78,6 +84,7 @@ pub(crate) enum Cgroup {
         cpu: PathBuf,
         cpuacct: PathBuf,
         pids: Option<PathBuf>,
+        freezer: Option<PathBuf>,
     },
 }
 
@@ -214,6 +221,7 @@ impl Hierarchy {
             cpu: find("cpu").ok_or_else(|| missing("cpu"))?,
             cpuacct: find("cpuacct").ok_or_else(|| missing("cpuacct"))?,
             pids: find("pids"),
+            freezer: find("freezer"),
         })
     }
 
@@ -236,11 +244,13 @@ impl Hierarchy {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
             } => Cgroup::V1 {
                 memory: memory.join(&rel),
                 cpu: cpu.join(&rel),
                 cpuacct: cpuacct.join(&rel),
                 pids: pids.as_ref().map(|p| p.join(&rel)),
+                freezer: freezer.as_ref().map(|p| p.join(&rel)),
             },
         }
     }
@@ -335,11 +345,18 @@ impl Cgroup {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
             } => {
-                let mut out: Vec<PathBuf> = Vec::with_capacity(4);
-                for p in [Some(memory), Some(cpu), Some(cpuacct), pids.as_ref()]
-                    .into_iter()
-                    .flatten()
+                let mut out: Vec<PathBuf> = Vec::with_capacity(5);
+                for p in [
+                    Some(memory),
+                    Some(cpu),
+                    Some(cpuacct),
+                    pids.as_ref(),
+                    freezer.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
                 {
                     if !out.contains(p) {
                         out.push(p.clone());
@@ -460,6 +477,8 @@ impl Cgroup {
     /// SIGKILLs every process in the cgroup until it is empty (processes may fork while
     /// being killed), giving up after `timeout`.
     pub(crate) fn kill_all(&self, timeout: Duration) -> Result<(), DriverError> {
+        // Frozen processes do not die until thawed.
+        let _ = self.set_frozen(false);
         if let Cgroup::V2 { path } = self {
             let kill = path.join("cgroup.kill");
             if kill.exists() {
@@ -482,6 +501,49 @@ impl Cgroup {
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Freezes (`true`) or thaws every process of the cgroup and waits until the kernel
+    /// reports it done. A frozen process keeps its memory and files but runs no code,
+    /// so its files can be copied consistently.
+    pub(crate) fn set_frozen(&self, frozen: bool) -> Result<(), DriverError> {
+        let (control, value) = match self {
+            Cgroup::V2 { path } => (path.join("cgroup.freeze"), if frozen { "1" } else { "0" }),
+            Cgroup::V1 {
+                freezer: Some(f), ..
+            } => (
+                f.join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+            ),
+            Cgroup::V1 { freezer: None, .. } => {
+                return Err(cg_err(
+                    self.memory_dir(),
+                    "the cgroup v1 freezer controller is not mounted on this node",
+                ))
+            }
+        };
+        if !control.exists() {
+            return Err(cg_err(&control, "freezing is not supported by this kernel"));
+        }
+        write_file(&control, value)?;
+        // v1 passes through FREEZING; v2 reports completion in cgroup.events.
+        let done = || match self {
+            Cgroup::V2 { path } => {
+                read_keyed(&path.join("cgroup.events"), "frozen").map(|v| v == u64::from(frozen))
+            }
+            Cgroup::V1 { .. } => read_file(&control).map(|s| s.trim() == value),
+        };
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        while !done()? {
+            if Instant::now() >= deadline {
+                return Err(cg_err(
+                    &control,
+                    format!("not {value} after {FREEZE_TIMEOUT:?}"),
+                ));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Removes the cgroup's directories, retrying while processes are still leaving it.
@@ -525,12 +587,16 @@ impl Cgroup {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
             } => {
                 put(KEY_MEMORY, memory);
                 put(KEY_CPU, cpu);
                 put(KEY_CPUACCT, cpuacct);
                 if let Some(p) = pids {
                     put(KEY_PIDS, p);
+                }
+                if let Some(p) = freezer {
+                    put(KEY_FREEZER, p);
                 }
             }
         }
@@ -547,6 +613,7 @@ impl Cgroup {
                 cpu: get(KEY_CPU)?,
                 cpuacct: get(KEY_CPUACCT)?,
                 pids: get(KEY_PIDS),
+                freezer: get(KEY_FREEZER),
             }),
             _ => None,
         }
@@ -562,6 +629,7 @@ mod tests {
 32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+42 31 0:39 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
@@ -577,6 +645,7 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/memory/nimbus/web"),
                 PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/nimbus/web"),
                 PathBuf::from("/sys/fs/cgroup/pids/nimbus/web"),
+                PathBuf::from("/sys/fs/cgroup/freezer/nimbus/web"),
             ]
         );
         assert_eq!(Cgroup::from_data(&cg.to_data()), Some(cg));

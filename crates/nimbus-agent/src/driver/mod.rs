@@ -52,6 +52,10 @@ pub struct Fingerprint {
     pub facts: BTreeMap<String, String>,
 }
 
+/// The task's data directory inside its task directory: the working directory of a
+/// process (and `$NIMBUS_DATA_DIR`), what its backups hold and its restores unpack.
+pub const DATA_DIR: &str = "data";
+
 /// Everything a driver needs to start one task.
 #[derive(Debug, Clone)]
 pub struct TaskConfig {

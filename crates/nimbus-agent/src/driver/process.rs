@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use super::cgroup::{Cgroup, Hierarchy, Limits};
 use super::{
     Driver, DriverError, ExitStatus, Fingerprint, TaskConfig, TaskHandle, TaskState, TaskStats,
+    DATA_DIR,
 };
 use crate::shim::{self, ExitRecord, ShimConfig, CHILD_PID_FILE, CONFIG_FILE, EXIT_FILE, SHIM_ARG};
 
@@ -170,10 +171,13 @@ impl ProcessDriver {
             "HOME".to_string(),
             std::env::var("HOME").unwrap_or_else(|_| "/".to_string()),
         );
+        let data = dir.join(DATA_DIR);
+        fs::create_dir_all(&data).map_err(|e| io_err(format!("creating {}", data.display()), e))?;
+        env.insert("NIMBUS_DATA_DIR".to_string(), data.display().to_string());
         env.extend(cfg.spec.env.clone());
         let workdir = match &cfg.spec.workdir {
-            Some(w) => dir.join(w),
-            None => dir.to_path_buf(),
+            Some(w) => data.join(w),
+            None => data,
         };
         let shim_cfg = ShimConfig {
             name: cfg.name.clone(),
@@ -440,6 +444,16 @@ fn check_name(name: &str) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// The cgroup a task runs in, for operations that need one.
+fn task_cgroup(handle: &TaskHandle) -> Result<Cgroup, DriverError> {
+    Cgroup::from_data(&handle.data).ok_or_else(|| {
+        DriverError::Unsupported(format!(
+            "task {} records no cgroup (started without one)",
+            handle.name
+        ))
+    })
+}
+
 impl Driver for ProcessDriver {
     fn name(&self) -> &'static str {
         "process"
@@ -575,6 +589,8 @@ impl Driver for ProcessDriver {
             Self::wait_for_shim(handle, grace);
             return Ok(());
         };
+        // A paused task must run again to handle SIGTERM.
+        let _ = cg.set_frozen(false);
         if cg.signal_all(libc::SIGTERM)? > 0 {
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline && !cg.pids()?.is_empty() {
@@ -584,6 +600,14 @@ impl Driver for ProcessDriver {
         cg.kill_all(KILL_TIMEOUT)?;
         Self::wait_for_shim(handle, EXIT_RECORD_TIMEOUT);
         Ok(())
+    }
+
+    fn pause(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        task_cgroup(handle)?.set_frozen(true)
+    }
+
+    fn resume(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        task_cgroup(handle)?.set_frozen(false)
     }
 
     fn destroy(&self, handle: &TaskHandle) -> Result<(), DriverError> {

@@ -180,9 +180,9 @@ pub async fn export_image(
     let c = app.cluster.clone();
     let (tmp, path) = blocking(move || {
         let img = c.get_image(&name)?;
-        if img.kind != nimbus_api::ImageKind::Disk {
+        if !img.kind.in_chunk_store() {
             return Err(ServerError::InvalidState(format!(
-                "image {name:?} is a kernel image; only disk images can be exported"
+                "image {name:?} is a kernel image; only disk and archive images can be exported"
             )));
         }
         let tmp = tempfile::tempdir()
