@@ -1,4 +1,4 @@
-//! `nimbus backup ...` and `nimbus store ...`: backups of instance disks (with a
+//! `nimbus backup ...` and `nimbus store ...`: backups of instances (with a
 //! spinner while the node works), restore, prune, and chunk-store maintenance.
 
 use std::time::Duration;

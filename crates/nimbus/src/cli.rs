@@ -47,7 +47,7 @@ pub enum Command {
     /// Build, import, export, replicate, list and delete VM images.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Back up instance disks, list, restore and prune backups.
+    /// Back up instances (VM disks, process data directories), list, restore, prune.
     #[command(subcommand)]
     Backup(BackupCommand),
     /// The chunk store: statistics, verification, garbage collection.
@@ -281,7 +281,8 @@ pub enum ImageCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Back up an instance's disk (a running VM is paused for the copy).
+    /// Back up a VM's disk or a process's data directory (a running instance is
+    /// paused or frozen for the copy).
     Create {
         instance: String,
         #[arg(long)]
