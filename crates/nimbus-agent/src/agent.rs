@@ -136,6 +136,9 @@ struct Agent {
     /// Disk images the server asked this node to hold, and those copied already.
     wanted_images: Mutex<Vec<nimbus_api::Image>>,
     replicated: Mutex<std::collections::BTreeSet<String>>,
+    /// The last heartbeat built; sent again while a long reconcile step (an image
+    /// copy, a backup) holds the tasks, so the node is never silent because it is busy.
+    last_heartbeat: Mutex<Heartbeat>,
 }
 
 fn tasks_dir(data_dir: &Path) -> PathBuf {
@@ -752,7 +755,17 @@ impl Agent {
 
     /// Builds the heartbeat from local tasks.
     fn reports(&self) -> Heartbeat {
-        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks = match self.tasks.try_lock() {
+            Ok(t) => t,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return self
+                    .last_heartbeat
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            }
+        };
         let instances = tasks
             .values()
             .map(|rec| {
@@ -786,13 +799,23 @@ impl Agent {
                 }
             })
             .collect();
-        Heartbeat { instances }
+        let hb = Heartbeat { instances };
+        *self
+            .last_heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = hb.clone();
+        hb
     }
 
     /// New log bytes of each task: (name, generation, offset, bytes).
     fn pending_logs(&self) -> Vec<(String, u64, u64, Vec<u8>)> {
         use std::io::{Read, Seek, SeekFrom};
-        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        // Output waits for the next heartbeat while a long reconcile step runs.
+        let tasks = match self.tasks.try_lock() {
+            Ok(t) => t,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return vec![],
+        };
         let mut out = Vec::new();
         for rec in tasks.values() {
             let path = instance_dir(&self.cfg.data_dir, &rec.name).join(LOG_FILE);
@@ -922,6 +945,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         },
         wanted_images: Mutex::new(Vec::new()),
         replicated: Mutex::new(Default::default()),
+        last_heartbeat: Mutex::new(Heartbeat { instances: vec![] }),
     });
     {
         let a = agent.clone();

@@ -59,6 +59,47 @@ impl RestartPolicy {
     }
 }
 
+/// What happens to an instance when its node goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaPolicy {
+    /// Marked `lost` and left on its node; it runs again if the node comes back.
+    None,
+    /// Placed again on a healthy node and started fresh (a process's data directory
+    /// and a VM's disk start empty / from the image).
+    Restart,
+    /// Placed again on a healthy node from its latest completed backup (data loss:
+    /// whatever changed since that backup). With no backup yet, as `restart`.
+    Cold,
+}
+
+impl HaPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaPolicy::None => "none",
+            HaPolicy::Restart => "restart",
+            HaPolicy::Cold => "cold",
+        }
+    }
+}
+
+impl std::str::FromStr for HaPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(HaPolicy::None),
+            "restart" => Ok(HaPolicy::Restart),
+            "cold" => Ok(HaPolicy::Cold),
+            _ => Err(format!(
+                "unknown HA policy {s:?}: expected none, restart or cold"
+            )),
+        }
+    }
+}
+
+/// Shortest accepted interval between automatic backups.
+pub const MIN_BACKUP_EVERY_SECS: u64 = 5;
+
 /// The user's request: everything needed to place and run an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +113,7 @@ pub struct InstanceSpec {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Working directory, relative to the instance's data directory on the node (the
-    /// default; also `$NIMBUS_DATA_DIR`), which backups hold and restores unpack.
+    /// default; also `$NIMBUS_INSTANCE_DATA`), which backups hold and restores unpack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     /// CPU in millicores (1000 = one core); enforced as a CFS quota.
@@ -114,7 +155,18 @@ pub struct InstanceSpec {
     /// VM only: SSH public keys installed by cloud-init.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_authorized_keys: Vec<String>,
+    /// What happens when the node goes down (default: `restart` for processes,
+    /// `none` for VMs, whose disk lives on the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaPolicy>,
+    /// Take a backup this often (seconds) while the instance runs; the newest
+    /// [`AUTO_BACKUPS_KEPT`] automatic backups are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_every_secs: Option<u64>,
 }
+
+/// How many automatic (`--backup-every`) backups of an instance are kept.
+pub const AUTO_BACKUPS_KEPT: usize = 3;
 
 /// A TCP port forwarded from the node to a VM guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -154,8 +206,23 @@ pub const QEMU_OVERHEAD_MIB: u64 = 64;
 pub const MAX_VCPUS: u32 = 255;
 
 impl InstanceSpec {
+    /// The HA policy in effect (see [`InstanceSpec::ha`]).
+    pub fn ha_policy(&self) -> HaPolicy {
+        self.ha.unwrap_or(match self.kind {
+            InstanceKind::Process => HaPolicy::Restart,
+            InstanceKind::Vm => HaPolicy::None,
+        })
+    }
+
     /// Checks the spec for values that can never work, with a message a person can act on.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.backup_every_secs {
+            if s < MIN_BACKUP_EVERY_SECS {
+                return Err(format!(
+                    "backup_every_secs {s} is too short: at least {MIN_BACKUP_EVERY_SECS} seconds"
+                ));
+            }
+        }
         check_cpu_millis(self.cpu_millis).map_err(|e| format!("cpu_millis: {e}"))?;
         if self.memory_mib == 0 {
             return Err("memory_mib must be at least 1".into());
@@ -340,12 +407,15 @@ pub enum InstanceState {
     Stopped,
     /// Exited with an error, was killed, or could not start.
     Failed,
+    /// Its node is down and it was not moved (HA policy `none`); it runs again if the
+    /// node comes back.
+    Lost,
     /// Gone; only seen in events.
     Deleted,
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 9] = [
+    pub const ALL: [InstanceState; 10] = [
         InstanceState::Pending,
         InstanceState::Scheduled,
         InstanceState::Starting,
@@ -354,6 +424,7 @@ impl InstanceState {
         InstanceState::Stopping,
         InstanceState::Stopped,
         InstanceState::Failed,
+        InstanceState::Lost,
         InstanceState::Deleted,
     ];
 
@@ -367,6 +438,7 @@ impl InstanceState {
             InstanceState::Stopping => "stopping",
             InstanceState::Stopped => "stopped",
             InstanceState::Failed => "failed",
+            InstanceState::Lost => "lost",
             InstanceState::Deleted => "deleted",
         }
     }
@@ -380,19 +452,29 @@ impl InstanceState {
             (Pending, Scheduled | Stopped | Deleted)
                 | (
                     Scheduled,
-                    Starting | Running | Stopping | Stopped | Failed | Pending
+                    Starting | Running | Stopping | Stopped | Failed | Pending | Lost
                 )
-                | (Starting, Running | Stopping | Stopped | Failed | Pending)
+                | (
+                    Starting,
+                    Running | Stopping | Stopped | Failed | Pending | Lost
+                )
                 | (
                     Running,
-                    Starting | Paused | Stopping | Stopped | Failed | Pending
+                    Starting | Paused | Stopping | Stopped | Failed | Pending | Lost
                 )
-                | (Paused, Running | Stopping | Stopped | Failed | Pending)
+                | (
+                    Paused,
+                    Running | Stopping | Stopped | Failed | Pending | Lost
+                )
+                | (
+                    Lost,
+                    Starting | Running | Paused | Stopping | Stopped | Failed | Pending
+                )
                 | (Stopping, Stopped | Failed | Deleted)
                 | (Stopped, Pending | Deleted)
                 | (
                     Failed,
-                    Starting | Running | Stopping | Stopped | Pending | Deleted
+                    Starting | Running | Stopping | Stopped | Pending | Deleted | Lost
                 )
         )
     }
@@ -489,9 +571,29 @@ pub struct Instance {
     pub queued_at_ms: u64,
     /// Unix milliseconds of the last state change.
     pub updated_at_ms: u64,
+    /// Set while the instance is moved off a failed node; cleared once it runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
     /// Store revision of this object (compare-and-swap token).
     #[serde(default)]
     pub revision: u64,
+}
+
+/// An instance's move off a failed node, with the times RTO and RPO are read from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Recovery {
+    /// The node it ran on.
+    pub from_node: String,
+    pub policy: HaPolicy,
+    /// Unix ms of the node's last heartbeat: the latest moment it is known to have run.
+    pub failed_at_ms: u64,
+    /// Unix ms when the server declared the node down.
+    pub detected_at_ms: u64,
+    /// Cold recovery: the backup it was restored from, and when that backup was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_taken_at_ms: Option<u64>,
 }
 
 impl Instance {
@@ -500,7 +602,7 @@ impl Instance {
         use InstanceState::*;
         self.node.is_some()
             && match self.state {
-                Scheduled | Starting | Running | Paused | Stopping => true,
+                Scheduled | Starting | Running | Paused | Stopping | Lost => true,
                 Failed => self.will_restart,
                 Pending | Stopped | Deleted => false,
             }

@@ -24,8 +24,8 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{Event, EventList};
 pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage, ReplicateImage};
 pub use instance::{
-    CreateInstance, DesiredState, Instance, InstanceKind, InstanceList, InstanceSpec,
-    InstanceState, PortSpec, RestartPolicy, TransitionError,
+    CreateInstance, DesiredState, HaPolicy, Instance, InstanceKind, InstanceList, InstanceSpec,
+    InstanceState, PortSpec, Recovery, RestartPolicy, TransitionError,
 };
 pub use node::{
     Assignment, Assignments, Heartbeat, InstanceReport, Node, NodeList, NodeState, RegisterNode,

@@ -53,6 +53,9 @@ impl From<&InstanceSpec> for Resources {
 pub enum NodeState {
     /// Heartbeating and schedulable.
     Ready,
+    /// Missed heartbeats (not yet long enough to be down), or back after being down and
+    /// not yet trusted again: takes no new instances; its instances stay where they are.
+    Suspect,
     /// Heartbeats stopped arriving for longer than the down timeout.
     Down,
     /// Heartbeating but takes no new instances.
@@ -63,6 +66,7 @@ impl NodeState {
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Ready => "ready",
+            NodeState::Suspect => "suspect",
             NodeState::Down => "down",
             NodeState::Draining => "draining",
         }
@@ -101,7 +105,8 @@ pub struct Node {
     pub drivers: Vec<String>,
     pub facts: BTreeMap<String, String>,
     pub state: NodeState,
-    /// Unix ms of the last heartbeat.
+    /// Unix ms of the last heartbeat this server received (the registration time until
+    /// the first one after a server restart).
     pub last_heartbeat_ms: u64,
     /// Unix ms of the first registration.
     pub registered_at_ms: u64,

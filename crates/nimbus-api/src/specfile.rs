@@ -75,6 +75,12 @@ pub struct InstanceEntry {
     pub user_data: Option<String>,
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
+    /// `none`, `restart` or `cold`.
+    #[serde(default)]
+    pub ha: Option<crate::instance::HaPolicy>,
+    /// `"30s"`, `"5m"`.
+    #[serde(default)]
+    pub backup_every: Option<String>,
 }
 
 impl InstanceEntry {
@@ -112,6 +118,13 @@ impl InstanceEntry {
                     .map_err(ctx)?,
                 user_data: self.user_data.clone(),
                 ssh_authorized_keys: self.ssh_authorized_keys.clone(),
+                ha: self.ha,
+                backup_every_secs: self
+                    .backup_every
+                    .as_deref()
+                    .map(crate::units::parse_duration_secs)
+                    .transpose()
+                    .map_err(ctx)?,
             },
         })
     }

@@ -93,6 +93,23 @@ pub fn check_cpu_millis(millis: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a duration in whole seconds: `30`, `30s`, `5m`, `2h`, `1d`.
+pub fn parse_duration_secs(input: &str) -> Result<u64, String> {
+    let t = input.trim();
+    let bad = || format!("duration {input:?} is invalid: use e.g. 30s, 5m, 2h or 1d");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
 /// Formats MiB for tables: `64Mi`, `1.5Gi`.
 pub fn format_mib(mib: u64) -> String {
     if mib >= 1024 * 1024 && mib.is_multiple_of(1024 * 1024) {
@@ -122,6 +139,17 @@ pub fn format_cpu(millis: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("30"), Ok(30));
+        assert_eq!(parse_duration_secs("30s"), Ok(30));
+        assert_eq!(parse_duration_secs("5m"), Ok(300));
+        assert_eq!(parse_duration_secs("2h"), Ok(7200));
+        assert!(parse_duration_secs("5 min").is_err());
+        assert!(parse_duration_secs("-5s").is_err());
+        assert!(parse_duration_secs("").is_err());
+    }
 
     #[test]
     fn memory() {

@@ -193,10 +193,20 @@ impl Cluster {
 
     /// Keeps the newest `keep` completed backups of an instance; deletes the rest.
     pub fn prune_backups(&self, instance: &str, keep: usize) -> Result<Vec<Backup>> {
+        self.prune_backups_where(instance, keep, |_| true)
+    }
+
+    /// Like [`Cluster::prune_backups`], among the backups `which` selects.
+    pub fn prune_backups_where(
+        &self,
+        instance: &str,
+        keep: usize,
+        which: impl Fn(&Backup) -> bool,
+    ) -> Result<Vec<Backup>> {
         let done: Vec<Backup> = self
             .list_backups(Some(instance))?
             .into_iter()
-            .filter(|b| b.state != BackupState::Pending)
+            .filter(|b| b.state != BackupState::Pending && which(b))
             .collect();
         let remove = done.len().saturating_sub(keep);
         let mut removed = Vec::new();
@@ -229,74 +239,12 @@ impl Cluster {
                 "instance {as_name:?} exists: restore under another name (--as), or delete it first"
             )));
         }
-        let b = self.get_backup(&instance, &name)?;
-        if b.state != BackupState::Done {
-            return Err(ServerError::InvalidState(format!(
-                "backup {reference} is {:?}, not done",
-                b.state
-            )));
-        }
         if let Some(n) = &node {
             self.get_node(n)?;
         }
-        let manifest = self
-            .chunks
-            .get(&ManifestName::backup(&instance, &name))
-            .map_err(image_error)?;
-        // Refuse damaged data up front instead of booting a bad disk.
-        self.chunks
-            .verify_manifest(&manifest.id())
-            .map_err(image_error)?;
-        let spec: InstanceSpec = manifest
-            .meta
-            .clone()
-            .and_then(|m| serde_json::from_value(m).ok())
-            .ok_or_else(|| {
-                ServerError::InvalidState(format!(
-                    "backup {reference} does not record its instance spec"
-                ))
-            })?;
         let image_name = format!("{as_name}-restored");
-        validate_name("image", &image_name).map_err(ServerError::InvalidRequest)?;
-        let archive = spec.kind == InstanceKind::Process;
-        if self.get_image(&image_name).is_err() {
-            let mut im = manifest.clone();
-            im.kind = Kind::Image;
-            im.name = image_name.clone();
-            im.instance = None;
-            im.meta = None;
-            self.chunks.put_manifest(&im).map_err(image_error)?;
-            let img = Image {
-                name: image_name.clone(),
-                kind: if archive {
-                    ImageKind::Archive
-                } else {
-                    ImageKind::Disk
-                },
-                format: Some(if archive { "tar" } else { "raw" }.into()),
-                virtual_size: Some(manifest.size),
-                cmdline: None,
-                files: vec![],
-                origin: Some(format!("backup {reference}")),
-                created_at_ms: now_ms(),
-                revision: 0,
-            };
-            self.store.create_typed(IMAGE, &image_name, &img)?;
-        }
-        let mut spec = spec;
-        // A VM that boots a kernel image keeps booting it, with the restored disk;
-        // a disk-image VM boots the restored disk.
-        let boots_kernel = spec
-            .image
-            .as_deref()
-            .and_then(|i| self.get_image(i).ok())
-            .is_some_and(|i| i.kind == ImageKind::Kernel);
-        if boots_kernel || archive {
-            spec.disk_image = Some(image_name);
-        } else {
-            spec.image = Some(image_name);
-            spec.disk_image = None;
-        }
+        let mut spec = self.image_from_backup(&instance, &name, &image_name)?;
+        self.start_from_image(&mut spec, &image_name);
         if let Some(n) = node {
             spec.node_selector
                 .insert(crate::reconcile::NODE_LABEL.to_string(), n);
@@ -316,6 +264,88 @@ impl Cluster {
             format!("from backup {reference}"),
         );
         Ok(inst)
+    }
+
+    /// Makes image `image_name` from a completed backup (it shares the backup's chunks;
+    /// nothing is copied) unless it exists already, after checking every chunk, so
+    /// damaged data is refused instead of booted. Returns the spec the backup recorded.
+    pub fn image_from_backup(
+        &self,
+        instance: &str,
+        name: &str,
+        image_name: &str,
+    ) -> Result<InstanceSpec> {
+        let reference = format!("{instance}@{name}");
+        let b = self.get_backup(instance, name)?;
+        if b.state != BackupState::Done {
+            return Err(ServerError::InvalidState(format!(
+                "backup {reference} is {:?}, not done",
+                b.state
+            )));
+        }
+        let manifest = self
+            .chunks
+            .get(&ManifestName::backup(instance, name))
+            .map_err(image_error)?;
+        self.chunks
+            .verify_manifest(&manifest.id())
+            .map_err(image_error)?;
+        let spec: InstanceSpec = manifest
+            .meta
+            .clone()
+            .and_then(|m| serde_json::from_value(m).ok())
+            .ok_or_else(|| {
+                ServerError::InvalidState(format!(
+                    "backup {reference} does not record its instance spec"
+                ))
+            })?;
+        validate_name("image", image_name).map_err(ServerError::InvalidRequest)?;
+        if self.get_image(image_name).is_err() {
+            let archive = spec.kind == InstanceKind::Process;
+            let mut im = manifest.clone();
+            im.kind = Kind::Image;
+            im.name = image_name.to_string();
+            im.instance = None;
+            im.meta = None;
+            self.chunks.put_manifest(&im).map_err(image_error)?;
+            let img = Image {
+                name: image_name.to_string(),
+                kind: if archive {
+                    ImageKind::Archive
+                } else {
+                    ImageKind::Disk
+                },
+                format: Some(if archive { "tar" } else { "raw" }.into()),
+                virtual_size: Some(manifest.size),
+                cmdline: None,
+                files: vec![],
+                origin: Some(format!("backup {reference}")),
+                created_at_ms: now_ms(),
+                revision: 0,
+            };
+            match self.store.create_typed(IMAGE, image_name, &img) {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Points `spec` at a restored image: a VM that boots a kernel image keeps booting
+    /// it with the restored disk, a disk-image VM boots the restored disk, a process
+    /// unpacks it into its data directory.
+    pub fn start_from_image(&self, spec: &mut InstanceSpec, image_name: &str) {
+        let boots_kernel = spec
+            .image
+            .as_deref()
+            .and_then(|i| self.get_image(i).ok())
+            .is_some_and(|i| i.kind == ImageKind::Kernel);
+        if boots_kernel || spec.kind == InstanceKind::Process {
+            spec.disk_image = Some(image_name.to_string());
+        } else {
+            spec.image = Some(image_name.to_string());
+            spec.disk_image = None;
+        }
     }
 
     /// Asks a node to hold a copy of a disk image (it copies only missing chunks).

@@ -53,6 +53,9 @@ pub struct Cluster {
     pub images: crate::images::ImageFiles,
     /// The cluster's chunk store: disk images and backups, deduplicated.
     pub chunks: Arc<nimbus_image::ImageStore>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Node failure detection settings and per-node probation (see `recovery`).
+    pub liveness: crate::recovery::Liveness,
 }
 
 impl Cluster {
@@ -61,12 +64,16 @@ impl Cluster {
         logs: crate::logs::LogStore,
         images: crate::images::ImageFiles,
         chunks: Arc<nimbus_image::ImageStore>,
+        metrics: Arc<crate::metrics::Metrics>,
+        liveness: crate::recovery::Liveness,
     ) -> Self {
         Cluster {
             store,
             logs,
             images,
             chunks,
+            metrics,
+            liveness,
             schedule_now: Notify::new(),
             heartbeats: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
@@ -180,6 +187,16 @@ impl Cluster {
                 break;
             }
         }
+        {
+            // Heartbeat times are soft state: this server's own observations.
+            let seen = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+            let now = now_ms();
+            for n in &mut nodes {
+                if let Some(t) = seen.get(&n.name) {
+                    n.last_heartbeat_ms = now.saturating_sub(t.elapsed().as_millis() as u64);
+                }
+            }
+        }
         let index: HashMap<String, usize> = nodes
             .iter()
             .enumerate()
@@ -270,6 +287,7 @@ impl Cluster {
             created_at_ms: now,
             queued_at_ms: now,
             updated_at_ms: now,
+            recovery: None,
             revision: 0,
         };
         match self.store.create_typed(INSTANCE, &inst.name, &inst) {
@@ -348,7 +366,9 @@ impl Cluster {
                 Stopped | Stopping | Deleted => {
                     return Err(Self::refuse(inst, "stop", " already"));
                 }
-                Pending => {
+                // A lost instance's node is down: nothing to wait for. If the node
+                // comes back, its agent stops the instance (it is no longer to run).
+                Pending | Lost => {
                     inst.state = inst.state.transition(Stopped).map_err(internal)?;
                     inst.reason = Some("stopped by request".into());
                 }
@@ -435,7 +455,11 @@ impl Cluster {
     pub fn delete_instance(&self, name: &str) -> Result<Instance> {
         for _ in 0..CAS_RETRIES {
             let mut inst = self.get_instance(name)?;
-            if inst.holds_resources() || inst.state == InstanceState::Stopping {
+            // A lost instance's node is down and cannot confirm; it goes at once (the
+            // node's agent stops it if the node comes back).
+            let wait_for_node = (inst.holds_resources() && inst.state != InstanceState::Lost)
+                || inst.state == InstanceState::Stopping;
+            if wait_for_node {
                 if inst.desired == DesiredState::Deleted {
                     return Ok(inst);
                 }
@@ -483,7 +507,7 @@ impl Cluster {
             .remove(name);
     }
 
-    fn finish_delete(&self, inst: &Instance) {
+    pub(crate) fn finish_delete(&self, inst: &Instance) {
         self.usage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -718,6 +742,7 @@ impl Cluster {
                 ),
             };
             let was_down = node.state == NodeState::Down;
+            let mut probation = None;
             node.address = req.address.clone();
             node.capacity = req.capacity;
             node.labels = req.labels.clone();
@@ -725,7 +750,9 @@ impl Cluster {
             node.facts = req.facts.clone();
             node.last_heartbeat_ms = now;
             if was_down {
-                node.state = NodeState::Ready;
+                // Back after being down: not trusted with new instances at once.
+                node.state = NodeState::Suspect;
+                probation = Some(self.liveness.came_back(&node.name));
             }
             let res = match rev {
                 Some(rev) => self.store.update_typed(NODE, &node.name, &node, rev),
@@ -735,6 +762,18 @@ impl Cluster {
                 Ok(r) => {
                     node.revision = r;
                     self.touch(&node.name);
+                    if let Some(p) = probation {
+                        self.event(
+                            "node_suspect",
+                            "node",
+                            &node.name,
+                            format!(
+                                "registered again after being down; ready after {:.0}s of \
+                                 steady heartbeats",
+                                p.as_secs_f64()
+                            ),
+                        );
+                    }
                     self.event(
                         "node_registered",
                         "node",
@@ -771,8 +810,25 @@ impl Cluster {
     pub fn heartbeat(&self, node_name: &str, hb: Heartbeat) -> Result<()> {
         let node = self.get_node(node_name)?;
         self.touch(node_name);
-        if node.state == NodeState::Down {
-            self.set_node_state(node_name, NodeState::Ready, "heartbeats resumed")?;
+        match node.state {
+            NodeState::Down => {
+                // Hysteresis: a node that was down waits out a probation (longer each
+                // time it flaps) before it takes new instances again.
+                let p = self.liveness.came_back(node_name);
+                self.set_node_state(
+                    node_name,
+                    NodeState::Suspect,
+                    &format!(
+                        "heartbeats resumed after being down; ready after {:.0}s of steady \
+                         heartbeats",
+                        p.as_secs_f64()
+                    ),
+                )?;
+            }
+            NodeState::Suspect if self.liveness.trusted(node_name) => {
+                self.set_node_state(node_name, NodeState::Ready, "heartbeats steady")?;
+            }
+            _ => {}
         }
         for report in hb.instances {
             {
@@ -822,6 +878,7 @@ impl Cluster {
     fn apply_report(&self, node: &str, r: &InstanceReport) -> Result<()> {
         let mut remove = None;
         let mut changed_to = None;
+        let mut recovered = None;
         let inst = self.modify_instance(&r.name, |inst| {
             // Reports about an older placement, or from another node, are stale.
             if inst.node.as_deref() != Some(node) || inst.generation != r.generation {
@@ -862,6 +919,9 @@ impl Cluster {
             if before.state != inst.state {
                 changed_to = Some(inst.state);
             }
+            if inst.state == InstanceState::Running {
+                recovered = inst.recovery.take();
+            }
             Ok(before != *inst)
         })?;
         if let Some(rev) = remove {
@@ -875,6 +935,9 @@ impl Cluster {
         if let Some(state) = changed_to {
             let msg = inst.reason.clone().unwrap_or_default();
             self.event(&format!("instance_{state}"), "instance", &inst.name, msg);
+            if let Some(r) = &recovered {
+                self.recovery_completed(&inst, r);
+            }
             if !inst.holds_resources() {
                 self.schedule_now.notify_one();
             }

@@ -19,11 +19,11 @@ pub mod images;
 pub mod logs;
 pub mod metrics;
 pub mod reconcile;
+pub mod recovery;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use nimbus_sched::SchedulerConfig;
 use nimbus_store::SqliteStore;
@@ -38,8 +38,8 @@ pub struct ServerConfig {
     /// Holds `state.db` (the store) and `logs/`.
     pub data_dir: PathBuf,
     pub scheduler: SchedulerConfig,
-    /// A node without heartbeats for this long is declared down.
-    pub node_down_after: Duration,
+    /// When silent nodes become suspect and down, and how long a returning node waits.
+    pub liveness: recovery::LivenessConfig,
 }
 
 /// A started server.
@@ -82,8 +82,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         nimbus_image::StoreOptions::default(),
     )
     .map_err(|e| StartError::ChunkStore(e.to_string()))?;
-    let cluster = Arc::new(Cluster::new(store, logs, images, Arc::new(chunks)));
     let metrics = Arc::new(metrics::Metrics::new());
+    let cluster = Arc::new(Cluster::new(
+        store,
+        logs,
+        images,
+        Arc::new(chunks),
+        metrics.clone(),
+        recovery::Liveness::new(cfg.liveness),
+    ));
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -101,10 +108,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         cfg.scheduler.clone(),
         metrics.clone(),
     ));
-    tokio::spawn(reconcile::liveness_loop(
-        cluster.clone(),
-        cfg.node_down_after,
-    ));
+    tokio::spawn(recovery::liveness_loop(cluster.clone()));
+    tokio::spawn(recovery::backup_loop(cluster.clone()));
 
     let app = http::router(http::AppState {
         cluster: cluster.clone(),

@@ -1,5 +1,6 @@
-//! Prometheus metrics of the server: instances by state, node capacity and allocation,
-//! scheduler decision latency and queue depth, API request latency.
+//! Prometheus metrics of the server: instances by state, node capacity, allocation and
+//! state, scheduler decision latency and queue depth, API request latency, and the
+//! timings of failure detection and recovery (RTO, RPO).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +21,18 @@ pub struct NodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeStateLabel {
+    pub node: String,
+    pub state: String,
+}
+
+/// One recovery measurement: `ha` is the instance's HA policy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HaLabel {
+    pub ha: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
     pub method: String,
     pub route: String,
@@ -29,6 +42,11 @@ pub struct RouteLabel {
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~3.3 s
     Histogram::new(exponential_buckets(0.00005, 2.0, 17))
+}
+
+fn recovery_histogram() -> Histogram {
+    // 50 ms .. ~27 min
+    Histogram::new(exponential_buckets(0.05, 2.0, 16))
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -42,6 +60,13 @@ pub struct Metrics {
     pub node_memory_capacity: Family<NodeLabel, Gauge>,
     pub node_memory_allocated: Family<NodeLabel, Gauge>,
     pub node_up: Family<NodeLabel, Gauge>,
+    pub node_state: Family<NodeStateLabel, Gauge>,
+    /// From a node's last heartbeat to the server declaring it down.
+    pub detection_seconds: Histogram,
+    /// From a node's last heartbeat to an instance of it running elsewhere (RTO).
+    pub recovery_seconds: HistogramFamily<HaLabel>,
+    /// Cold recovery: age of the backup restored at the failure (RPO).
+    pub data_loss_seconds: HistogramFamily<HaLabel>,
     pub pending: Gauge,
     pub scheduler_latency: Histogram,
     pub api_latency: HistogramFamily<RouteLabel>,
@@ -64,6 +89,10 @@ impl Metrics {
             node_memory_capacity: Family::default(),
             node_memory_allocated: Family::default(),
             node_up: Family::default(),
+            node_state: Family::default(),
+            detection_seconds: recovery_histogram(),
+            recovery_seconds: Family::new_with_constructor(recovery_histogram),
+            data_loss_seconds: Family::new_with_constructor(recovery_histogram),
             pending: Gauge::default(),
             scheduler_latency: latency_histogram(),
             api_latency: Family::new_with_constructor(latency_histogram),
@@ -93,10 +122,26 @@ impl Metrics {
             "Memory allocated to instances on a node",
             m.node_memory_allocated.clone(),
         );
+        registry.register("node_up", "1 when the node is not down", m.node_up.clone());
         registry.register(
-            "node_up",
-            "1 when the node is ready or draining, 0 when down",
-            m.node_up.clone(),
+            "node_state",
+            "1 for the state each node is in (ready, suspect, down, draining)",
+            m.node_state.clone(),
+        );
+        registry.register(
+            "node_failure_detection_seconds",
+            "From a node's last heartbeat to the server declaring it down",
+            m.detection_seconds.clone(),
+        );
+        registry.register(
+            "instance_recovery_seconds",
+            "From a failed node's last heartbeat to its instance running on another node (RTO)",
+            m.recovery_seconds.clone(),
+        );
+        registry.register(
+            "instance_data_loss_seconds",
+            "Cold recovery: age of the restored backup when the node failed (RPO)",
+            m.data_loss_seconds.clone(),
         );
         registry.register(
             "scheduler_pending_instances",
@@ -139,6 +184,7 @@ impl Metrics {
         ] {
             f.clear();
         }
+        self.node_state.clear();
         const MIB: i64 = 1024 * 1024;
         for n in nodes {
             let l = NodeLabel {
@@ -159,6 +205,12 @@ impl Metrics {
             self.node_up
                 .get_or_create(&l)
                 .set((n.state != nimbus_api::NodeState::Down) as i64);
+            self.node_state
+                .get_or_create(&NodeStateLabel {
+                    node: n.name.clone(),
+                    state: n.state.as_str().into(),
+                })
+                .set(1);
         }
     }
 

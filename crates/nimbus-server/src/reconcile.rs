@@ -1,13 +1,11 @@
-//! Reconcilers: the scheduler loop (places pending instances with `nimbus-sched`) and
-//! the node liveness loop (declares silent nodes down).
+//! The scheduler loop: places pending instances with `nimbus-sched` (node liveness
+//! and recovery are in `recovery`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_api::{DesiredState, Instance, InstanceState, Node, NodeState, Resources};
 use nimbus_sched::{NodeInfo, Request, SchedulerConfig};
-use nimbus_store::StoreError;
 
 use crate::cluster::{now_ms, Cluster};
 use crate::metrics::Metrics;
@@ -150,37 +148,5 @@ pub async fn scheduler_loop(cluster: Arc<Cluster>, cfg: SchedulerConfig, metrics
         let cfg2 = cfg.clone();
         let m = metrics.clone();
         let _ = tokio::task::spawn_blocking(move || schedule_pass(&c, &cfg2, &m)).await;
-    }
-}
-
-/// Declares nodes down when their heartbeats stop for longer than `down_after`.
-pub async fn liveness_loop(cluster: Arc<Cluster>, down_after: Duration) {
-    let started = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let nodes = match cluster.all_nodes_with(&[]) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "liveness: cannot read nodes");
-                continue;
-            }
-        };
-        let seen: HashMap<String, Instant> = cluster
-            .heartbeats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for node in nodes.iter().filter(|n| n.state != NodeState::Down) {
-            // A node never heard from by this process gets a full timeout from start-up.
-            let last = seen.get(&node.name).copied().unwrap_or(started);
-            if last.elapsed() > down_after {
-                let why = format!("no heartbeat for {:.1}s", last.elapsed().as_secs_f64());
-                match cluster.set_node_state(&node.name, NodeState::Down, &why) {
-                    Ok(()) | Err(crate::error::ServerError::Store(StoreError::NotFound { .. })) => {
-                    }
-                    Err(e) => tracing::warn!(node = %node.name, error = %e, "cannot mark down"),
-                }
-            }
-        }
     }
 }

@@ -83,9 +83,18 @@ pub struct ServerOptions {
     /// Strict queue order: nothing is placed while the head of the queue waits.
     #[arg(long)]
     pub no_backfill: bool,
-    /// Seconds without heartbeats after which a node is declared down.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds without heartbeats after which a node is declared down and its
+    /// instances move (see docs/fault-tolerance.md for the choice of defaults).
+    #[arg(long, default_value_t = 2.0)]
     pub node_down_after: f64,
+    /// Seconds without heartbeats after which a node is suspect and takes no new
+    /// instances (default: half of --node-down-after).
+    #[arg(long)]
+    pub node_suspect_after: Option<f64>,
+    /// Seconds a node back from down waits before it takes new instances (doubled each
+    /// time it goes down again within ten minutes).
+    #[arg(long, default_value_t = 5.0)]
+    pub node_probation: f64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -105,8 +114,8 @@ pub struct NodeOptions {
     /// Node labels, k=v (repeatable or comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
-    /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between heartbeats (keep well under the server's --node-down-after).
+    #[arg(long, default_value_t = 0.5)]
     pub heartbeat_every: f64,
     /// Run instances with the simulated driver (no real processes).
     #[arg(long, hide = true)]
@@ -239,6 +248,14 @@ pub struct CreateArgs {
     /// VM SSH public key file for cloud-init (repeatable).
     #[arg(long = "ssh-key")]
     pub ssh_keys: Vec<PathBuf>,
+    /// When the node goes down: none (mark lost), restart (place again, fresh) or cold
+    /// (place again from the latest backup). Default: restart for processes, none for VMs.
+    #[arg(long)]
+    pub ha: Option<nimbus_api::HaPolicy>,
+    /// Take a backup this often while the instance runs, e.g. 30s or 1h (the newest 3
+    /// automatic backups are kept).
+    #[arg(long)]
+    pub backup_every: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,

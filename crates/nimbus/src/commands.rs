@@ -134,6 +134,13 @@ fn create_request(a: &CreateArgs) -> Result<CreateInstance> {
             ports,
             user_data,
             ssh_authorized_keys,
+            ha: a.ha,
+            backup_every_secs: a
+                .backup_every
+                .as_deref()
+                .map(nimbus_api::units::parse_duration_secs)
+                .transpose()
+                .map_err(|e| anyhow!("--backup-every: {e}"))?,
         },
     })
 }

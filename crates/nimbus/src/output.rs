@@ -128,6 +128,7 @@ pub fn nodes(out: Output, items: &[Node]) -> String {
         "CPU (ALLOC/CAP)",
         "MEMORY (ALLOC/CAP)",
         "INSTANCES",
+        "HEARTBEAT",
         "DRIVERS",
         "LABELS",
         "AGE",
@@ -153,6 +154,7 @@ pub fn nodes(out: Output, items: &[Node]) -> String {
                 format_mib(n.capacity.memory_mib)
             ),
             n.instances.to_string(),
+            format!("{} ago", age(n.last_heartbeat_ms)),
             n.drivers.join(","),
             if labels.is_empty() {
                 "-".into()

@@ -18,8 +18,24 @@ pub fn server_config(o: &ServerOptions, data_dir: &Path) -> Result<ServerConfig>
         .parse()
         .map_err(|e| anyhow!("--placement: {e}"))?;
     let queue: QueuePolicy = o.queue.parse().map_err(|e| anyhow!("--queue: {e}"))?;
-    if !(o.node_down_after.is_finite() && o.node_down_after > 0.0) {
-        bail!("--node-down-after must be a positive number of seconds");
+    let secs = |v: f64, flag: &str| -> Result<Duration> {
+        if v.is_finite() && v > 0.0 && v < 1e9 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            bail!("{flag} must be a positive number of seconds, got {v}")
+        }
+    };
+    let down_after = secs(o.node_down_after, "--node-down-after")?;
+    let suspect_after = match o.node_suspect_after {
+        Some(v) => secs(v, "--node-suspect-after")?,
+        None => down_after / 2,
+    };
+    if suspect_after >= down_after {
+        bail!(
+            "--node-suspect-after ({}s) must be shorter than --node-down-after ({}s)",
+            suspect_after.as_secs_f64(),
+            down_after.as_secs_f64()
+        );
     }
     Ok(ServerConfig {
         listen: o.listen,
@@ -30,7 +46,11 @@ pub fn server_config(o: &ServerOptions, data_dir: &Path) -> Result<ServerConfig>
             backfill: !o.no_backfill,
             ..SchedulerConfig::default()
         },
-        node_down_after: Duration::from_secs_f64(o.node_down_after),
+        liveness: nimbus_server::recovery::LivenessConfig {
+            suspect_after,
+            down_after,
+            probation: secs(o.node_probation, "--node-probation")?,
+        },
     })
 }
 

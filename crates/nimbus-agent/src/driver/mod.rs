@@ -53,7 +53,7 @@ pub struct Fingerprint {
 }
 
 /// The task's data directory inside its task directory: the working directory of a
-/// process (and `$NIMBUS_DATA_DIR`), what its backups hold and its restores unpack.
+/// process (and `$NIMBUS_INSTANCE_DATA`), what its backups hold and its restores unpack.
 pub const DATA_DIR: &str = "data";
 
 /// Everything a driver needs to start one task.

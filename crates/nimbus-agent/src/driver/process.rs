@@ -173,7 +173,10 @@ impl ProcessDriver {
         );
         let data = dir.join(DATA_DIR);
         fs::create_dir_all(&data).map_err(|e| io_err(format!("creating {}", data.display()), e))?;
-        env.insert("NIMBUS_DATA_DIR".to_string(), data.display().to_string());
+        env.insert(
+            "NIMBUS_INSTANCE_DATA".to_string(),
+            data.display().to_string(),
+        );
         env.extend(cfg.spec.env.clone());
         let workdir = match &cfg.spec.workdir {
             Some(w) => data.join(w),

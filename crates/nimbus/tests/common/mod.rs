@@ -1,7 +1,9 @@
 //! Test harness: starts the real `nimbus` binary (as `up`, or as a separate server and
 //! agent) in a temporary data directory, drives it through its CLI and HTTP API, and
-//! can kill -9 and restart either part.
+//! can kill -9 and restart either part. `netns` puts agents in network namespaces.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,12 +22,34 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(args: &[String], log: PathBuf) -> Proc {
+        Self::spawn_in(None, args, log)
+    }
+
+    /// Spawns nimbus, inside network namespace `netns` when given.
+    fn spawn_in(netns: Option<&str>, args: &[String], log: PathBuf) -> Proc {
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open log");
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(ns) = netns {
+            // Join only the network namespace (`ip netns exec` would also remount /sys,
+            // hiding the cgroup file systems the agent needs).
+            use std::os::unix::io::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let f = fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+            // SAFETY: setns is async-signal-safe; the fd stays open until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(args)
             .env("NIMBUS_LOG", "info")
             .stdin(Stdio::null())
@@ -74,8 +98,9 @@ pub struct TestCluster {
     agent_args: Vec<String>,
     pub server: Option<Proc>,
     pub agent: Option<Proc>,
-    /// More agents joined with [`TestCluster::add_agent`].
+    /// More agents joined with [`TestCluster::add_agent`], and their node names.
     pub extra_agents: Vec<Proc>,
+    extra_nodes: Vec<String>,
     listen: String,
 }
 
@@ -89,6 +114,14 @@ impl TestCluster {
         let mut c = Self::new(node, Mode::Up, s(extra), vec![]);
         c.start_server();
         c.wait_node_ready();
+        c
+    }
+
+    /// `nimbus server` alone, listening on `listen` (agents join with their own harness).
+    pub fn server_only(listen: &str, server_extra: &[&str]) -> TestCluster {
+        let mut c = Self::new("", Mode::Split, s(server_extra), vec![]);
+        c.listen = listen.to_string();
+        c.start_server();
         c
     }
 
@@ -116,6 +149,7 @@ impl TestCluster {
             server: None,
             agent: None,
             extra_agents: Vec::new(),
+            extra_nodes: Vec::new(),
             listen: "127.0.0.1:0".into(),
         }
     }
@@ -136,9 +170,10 @@ impl TestCluster {
             &self.listen,
             "--data-dir",
             data.to_str().unwrap(),
-            "--node-down-after",
-            "5",
         ]));
+        if !self.server_args.iter().any(|a| a == "--node-down-after") {
+            args.extend(s(&["--node-down-after", "5"]));
+        }
         args.extend(self.server_args.clone());
         let log = self.dir.path().join("server.log");
         let before = fs::read_to_string(&log).map(|t| t.len()).unwrap_or(0);
@@ -199,6 +234,7 @@ impl TestCluster {
             data.to_str().unwrap(),
         ]);
         args.extend(s(extra));
+        self.extra_nodes.push(name.to_string());
         self.extra_agents.push(Proc::spawn(
             &args,
             self.dir.path().join(format!("agent-{name}.log")),
@@ -228,9 +264,15 @@ impl TestCluster {
 
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for f in ["server.log", "agent.log"] {
-            if let Ok(t) = fs::read_to_string(self.dir.path().join(f)) {
-                out.push_str(&format!("--- {f} ---\n{t}\n"));
+        let mut files: Vec<PathBuf> = fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|f| f.extension().is_some_and(|e| e == "log"));
+        files.sort();
+        for f in files {
+            if let Ok(t) = fs::read_to_string(&f) {
+                let name = f.file_name().unwrap_or_default().to_string_lossy();
+                out.push_str(&format!("--- {name} ---\n{t}\n"));
             }
         }
         out
@@ -336,7 +378,12 @@ impl Drop for TestCluster {
         self.kill9_server();
         // Shims and their commands outlive agents by design: end the ones this test made.
         kill_processes_mentioning(self.dir.path());
-        remove_node_cgroups(&self.node);
+        if !self.node.is_empty() {
+            remove_node_cgroups(&self.node);
+        }
+        for n in &self.extra_nodes {
+            remove_node_cgroups(n);
+        }
     }
 }
 
@@ -374,14 +421,14 @@ pub fn cgroup_roots() -> Vec<PathBuf> {
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         return vec![PathBuf::from("/sys/fs/cgroup")];
     }
-    ["memory", "cpu", "cpu,cpuacct", "cpuacct", "pids"]
+    ["memory", "cpu", "cpu,cpuacct", "cpuacct", "pids", "freezer"]
         .iter()
         .map(|c| Path::new("/sys/fs/cgroup").join(c))
         .filter(|p| p.is_dir() && !p.is_symlink())
         .collect()
 }
 
-fn remove_node_cgroups(node: &str) {
+pub fn remove_node_cgroups(node: &str) {
     for d in node_cgroup_dirs(node) {
         if let Ok(entries) = fs::read_dir(&d) {
             for e in entries.flatten() {

@@ -1,0 +1,473 @@
+//! Failure handling: node liveness (ready -> suspect -> down, and back through a
+//! probation), moving the instances of a down node by their HA policy, and the
+//! automatic backups cold recovery restores from.
+//!
+//! Everything decided here is written to the store first (node state, each
+//! instance's move as one compare-and-swap), so a server restarted in the middle of
+//! a failover finds the down node and the instances still on it, and carries on.
+//! Timings (last heartbeat, detection, running again) go to events and metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nimbus_api::{
+    instance::AUTO_BACKUPS_KEPT, BackupState, HaPolicy, Instance, InstanceState, NodeState,
+    Recovery,
+};
+use nimbus_store::StoreError;
+
+use crate::cluster::{now_ms, Cluster, INSTANCE};
+use crate::error::{Result, ServerError};
+use crate::metrics::HaLabel;
+use crate::reconcile::NODE_LABEL;
+
+/// Prefix of the names of automatic (`backup_every_secs`) backups.
+pub const AUTO_BACKUP_PREFIX: &str = "auto-";
+/// Longest probation of a node that keeps going down.
+const MAX_PROBATION: Duration = Duration::from_secs(300);
+/// A node that stayed up this long starts again from the base probation.
+const FLAP_MEMORY: Duration = Duration::from_secs(600);
+
+/// When silent nodes become suspect and down, and how long a returning node waits.
+#[derive(Debug, Clone, Copy)]
+pub struct LivenessConfig {
+    /// No heartbeat for this long: the node is `suspect` (takes no new instances).
+    pub suspect_after: Duration,
+    /// No heartbeat for this long: the node is `down` and its instances move.
+    pub down_after: Duration,
+    /// A node back from `down` stays `suspect` this long (doubled each time it goes
+    /// down again within ten minutes, up to five minutes) before it is `ready`.
+    pub probation: Duration,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            suspect_after: Duration::from_secs(1),
+            down_after: Duration::from_secs(2),
+            probation: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-node flap history (soft state: a restarted server trusts returning nodes).
+#[derive(Debug)]
+struct Flaps {
+    downs: u32,
+    last_down: Instant,
+    trusted_from: Instant,
+}
+
+/// Liveness settings and the probation of each node that came back.
+#[derive(Debug)]
+pub struct Liveness {
+    pub cfg: LivenessConfig,
+    flaps: Mutex<HashMap<String, Flaps>>,
+}
+
+impl Liveness {
+    pub fn new(cfg: LivenessConfig) -> Self {
+        Liveness {
+            cfg,
+            flaps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn flaps(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flaps>> {
+        self.flaps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that `node` was declared down.
+    fn went_down(&self, node: &str) {
+        let now = Instant::now();
+        let mut f = self.flaps();
+        let e = f.entry(node.to_string()).or_insert(Flaps {
+            downs: 0,
+            last_down: now,
+            trusted_from: now,
+        });
+        if now.duration_since(e.last_down) > FLAP_MEMORY {
+            e.downs = 0;
+        }
+        e.downs += 1;
+        e.last_down = now;
+    }
+
+    /// Starts the probation of a node that is heard from again after being down;
+    /// returns its length.
+    pub fn came_back(&self, node: &str) -> Duration {
+        let now = Instant::now();
+        let mut f = self.flaps();
+        let e = f.entry(node.to_string()).or_insert(Flaps {
+            downs: 1,
+            last_down: now,
+            trusted_from: now,
+        });
+        let doublings = e.downs.saturating_sub(1).min(16);
+        let p = self
+            .cfg
+            .probation
+            .saturating_mul(1u32 << doublings)
+            .min(MAX_PROBATION);
+        e.trusted_from = now + p;
+        p
+    }
+
+    /// Whether a suspect node may be ready again (its probation, if any, is over).
+    pub fn trusted(&self, node: &str) -> bool {
+        self.flaps()
+            .get(node)
+            .is_none_or(|f| Instant::now() >= f.trusted_from)
+    }
+}
+
+/// Watches heartbeats: marks silent nodes suspect, then down, and moves the
+/// instances of down nodes.
+pub async fn liveness_loop(cluster: Arc<Cluster>) {
+    let started = Instant::now();
+    let cfg = cluster.liveness.cfg;
+    let tick = (cfg.suspect_after / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
+    loop {
+        tokio::time::sleep(tick).await;
+        let c = cluster.clone();
+        let res = tokio::task::spawn_blocking(move || liveness_pass(&c, started)).await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, "liveness pass failed");
+        }
+    }
+}
+
+/// One look at every node's last heartbeat.
+fn liveness_pass(cluster: &Cluster, started: Instant) -> Result<()> {
+    let cfg = cluster.liveness.cfg;
+    let seen: HashMap<String, Instant> = cluster
+        .heartbeats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for node in cluster.all_nodes_with(&[])? {
+        // A node never heard from by this process gets a full timeout from start-up.
+        let silent = seen.get(&node.name).copied().unwrap_or(started).elapsed();
+        let failed_at_ms = now_ms().saturating_sub(silent.as_millis() as u64);
+        let state = match node.state {
+            NodeState::Down => NodeState::Down,
+            _ if silent > cfg.down_after => {
+                let why = format!(
+                    "no heartbeat for {:.1}s (down after {:.1}s)",
+                    silent.as_secs_f64(),
+                    cfg.down_after.as_secs_f64()
+                );
+                if !set_state(cluster, &node.name, NodeState::Down, &why)? {
+                    continue;
+                }
+                cluster.liveness.went_down(&node.name);
+                cluster
+                    .metrics
+                    .detection_seconds
+                    .observe(silent.as_secs_f64());
+                NodeState::Down
+            }
+            NodeState::Ready if silent > cfg.suspect_after => {
+                let why = format!("no heartbeat for {:.1}s", silent.as_secs_f64());
+                set_state(cluster, &node.name, NodeState::Suspect, &why)?;
+                NodeState::Suspect
+            }
+            s => s,
+        };
+        if state == NodeState::Down {
+            cluster.recover_node(&node.name, failed_at_ms)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets a node's state; false when the node is gone.
+fn set_state(cluster: &Cluster, node: &str, state: NodeState, why: &str) -> Result<bool> {
+    match cluster.set_node_state(node, state, why) {
+        Ok(()) => Ok(true),
+        Err(ServerError::Store(StoreError::NotFound { .. }))
+        | Err(ServerError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl Cluster {
+    /// Moves every instance off down node `node` by its HA policy. Idempotent: run on
+    /// every liveness pass while the node is down, so a failover interrupted by a
+    /// server restart is completed by the next server.
+    pub fn recover_node(&self, node: &str, failed_at_ms: u64) -> Result<()> {
+        let on_node: Vec<Instance> = self
+            .all_instances()?
+            .into_iter()
+            .filter(|i| i.node.as_deref() == Some(node))
+            .filter(|i| {
+                (i.holds_resources() && i.state != InstanceState::Lost)
+                    || i.state == InstanceState::Stopping
+            })
+            .collect();
+        for inst in on_node {
+            if let Err(e) = self.recover_instance(&inst.name, node, failed_at_ms) {
+                match e {
+                    ServerError::NotFound { .. } => {}
+                    e => tracing::warn!(instance = %inst.name, error = %e, "recovery step failed"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_instance(&self, name: &str, node: &str, failed_at_ms: u64) -> Result<()> {
+        let inst = self.get_instance(name)?;
+        if inst.node.as_deref() != Some(node) {
+            return Ok(());
+        }
+        // A stop or delete in flight cannot be confirmed by a down node: finish it here
+        // (the node's agent stops the instance if it comes back).
+        if inst.state == InstanceState::Stopping {
+            if inst.desired == nimbus_api::DesiredState::Deleted {
+                match self.store.delete(INSTANCE, name, inst.revision) {
+                    Ok(_) => self.finish_delete(&inst),
+                    Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                return Ok(());
+            }
+            self.modify_instance(name, |i| {
+                if i.state != InstanceState::Stopping || i.node.as_deref() != Some(node) {
+                    return Ok(false);
+                }
+                i.state = InstanceState::Stopped;
+                i.reason = Some(format!("node {node} went down while stopping"));
+                i.pid = None;
+                Ok(true)
+            })?;
+            return Ok(());
+        }
+        let policy = inst.spec.ha_policy();
+        let detected_at_ms = now_ms();
+        if policy == HaPolicy::None {
+            let lost = self.modify_instance(name, |i| {
+                if i.node.as_deref() != Some(node) || !i.state.can_become(InstanceState::Lost) {
+                    return Ok(false);
+                }
+                i.state = InstanceState::Lost;
+                i.reason = Some(format!(
+                    "node {node} is down; HA policy none: it stays there and runs again if the \
+                     node comes back"
+                ));
+                Ok(true)
+            })?;
+            if lost.state == InstanceState::Lost {
+                self.event(
+                    "instance_lost",
+                    "instance",
+                    name,
+                    format!("node {node} is down; not moved (ha none)"),
+                );
+            }
+            return Ok(());
+        }
+        // Cold: the newest completed backup that verifies becomes the starting image.
+        let mut restored: Option<(String, String, u64)> = None;
+        let mut skipped = Vec::new();
+        if policy == HaPolicy::Cold {
+            let mut done: Vec<_> = self
+                .list_backups(Some(name))?
+                .into_iter()
+                .filter(|b| b.state == BackupState::Done)
+                .collect();
+            done.reverse();
+            for b in done {
+                let image = format!("{name}-{}", b.name);
+                match self.image_from_backup(name, &b.name, &image) {
+                    Ok(_) => {
+                        restored = Some((b.name.clone(), image, b.created_at_ms));
+                        break;
+                    }
+                    Err(e) => skipped.push(format!("{}: {e}", b.name)),
+                }
+            }
+        }
+        let mut spec = inst.spec.clone();
+        if let Some((_, image, _)) = &restored {
+            self.start_from_image(&mut spec, image);
+        }
+        // A pin to the failed node (e.g. from a restore with --node) cannot hold now.
+        if spec.node_selector.get(NODE_LABEL).map(String::as_str) == Some(node) {
+            spec.node_selector.remove(NODE_LABEL);
+        }
+        let recovery = Recovery {
+            from_node: node.to_string(),
+            policy,
+            failed_at_ms,
+            detected_at_ms,
+            backup: restored.as_ref().map(|r| r.0.clone()),
+            backup_taken_at_ms: restored.as_ref().map(|r| r.2),
+        };
+        let moved = self.modify_instance(name, |i| {
+            if i.node.as_deref() != Some(node) || !i.state.can_become(InstanceState::Pending) {
+                return Ok(false);
+            }
+            i.spec = spec.clone();
+            i.state = InstanceState::Pending;
+            i.node = None;
+            i.pid = None;
+            i.exit_code = None;
+            i.will_restart = false;
+            i.guest_ready = false;
+            i.boot_ms = None;
+            i.endpoints.clear();
+            i.accelerator = None;
+            i.queued_at_ms = now_ms();
+            i.reason = Some(format!("node {node} is down: placing again"));
+            i.recovery = Some(recovery.clone());
+            Ok(true)
+        })?;
+        if moved.state != InstanceState::Pending {
+            return Ok(());
+        }
+        let how = match (&restored, policy) {
+            (Some((b, _, taken)), _) => format!(
+                "from backup {b}, taken {:.1}s before the node's last heartbeat",
+                failed_at_ms.saturating_sub(*taken) as f64 / 1000.0
+            ),
+            (None, HaPolicy::Cold) if skipped.is_empty() => {
+                "no backup yet: starting fresh".to_string()
+            }
+            (None, HaPolicy::Cold) => {
+                format!("no usable backup ({}): starting fresh", skipped.join("; "))
+            }
+            _ => "starting fresh".to_string(),
+        };
+        self.event(
+            "instance_rescheduled",
+            "instance",
+            name,
+            format!(
+                "node {node} down (detected {:.1}s after its last heartbeat); ha {}: {how}",
+                detected_at_ms.saturating_sub(failed_at_ms) as f64 / 1000.0,
+                policy.as_str()
+            ),
+        );
+        Ok(())
+    }
+
+    /// Called when a moved instance runs again: records RTO and RPO.
+    pub(crate) fn recovery_completed(&self, inst: &Instance, r: &Recovery) {
+        let now = now_ms();
+        let rto = now.saturating_sub(r.failed_at_ms) as f64 / 1000.0;
+        let label = HaLabel {
+            ha: r.policy.as_str().into(),
+        };
+        self.metrics
+            .recovery_seconds
+            .get_or_create(&label)
+            .observe(rto);
+        let rpo = r
+            .backup_taken_at_ms
+            .map(|t| r.failed_at_ms.saturating_sub(t) as f64 / 1000.0);
+        if let Some(rpo) = rpo {
+            self.metrics
+                .data_loss_seconds
+                .get_or_create(&label)
+                .observe(rpo);
+        }
+        self.event(
+            "failover_completed",
+            "instance",
+            &inst.name,
+            format!(
+                "running on {} after node {} failed: detection {:.1}s, recovery (RTO) {rto:.1}s{}",
+                inst.node.as_deref().unwrap_or("?"),
+                r.from_node,
+                r.detected_at_ms.saturating_sub(r.failed_at_ms) as f64 / 1000.0,
+                match (rpo, &r.backup) {
+                    (Some(rpo), Some(b)) => format!(", data loss (RPO) {rpo:.1}s (backup {b})"),
+                    _ => String::new(),
+                }
+            ),
+        );
+    }
+}
+
+/// Takes the automatic backups asked for with `backup_every_secs`, and keeps the newest
+/// [`AUTO_BACKUPS_KEPT`] of each instance.
+pub async fn backup_loop(cluster: Arc<Cluster>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let c = cluster.clone();
+        let res = tokio::task::spawn_blocking(move || backup_pass(&c)).await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, "automatic backups: pass failed");
+        }
+    }
+}
+
+fn backup_pass(cluster: &Cluster) -> Result<()> {
+    let now = now_ms();
+    let wanted: Vec<Instance> = cluster
+        .all_instances()?
+        .into_iter()
+        .filter(|i| i.spec.backup_every_secs.is_some() && i.state == InstanceState::Running)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let backups = cluster.list_backups(None)?;
+    for inst in wanted {
+        let every_ms = inst.spec.backup_every_secs.unwrap_or(0) * 1000;
+        let autos: Vec<_> = backups
+            .iter()
+            .filter(|b| b.instance == inst.name && b.name.starts_with(AUTO_BACKUP_PREFIX))
+            .collect();
+        if autos.iter().any(|b| b.state == BackupState::Pending) {
+            continue;
+        }
+        let done = autos
+            .iter()
+            .filter(|b| b.state != BackupState::Pending)
+            .count();
+        if done > AUTO_BACKUPS_KEPT {
+            cluster.prune_backups_where(&inst.name, AUTO_BACKUPS_KEPT, |b| {
+                b.name.starts_with(AUTO_BACKUP_PREFIX)
+            })?;
+        }
+        let latest = autos.iter().map(|b| b.created_at_ms).max();
+        if latest.is_none_or(|t| now.saturating_sub(t) >= every_ms) {
+            match cluster.create_backup(&inst.name, Some(format!("{AUTO_BACKUP_PREFIX}{now}"))) {
+                Ok(_) | Err(ServerError::AlreadyExists(_)) => {}
+                Err(e) => {
+                    tracing::debug!(instance = %inst.name, error = %e, "automatic backup not taken")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probation_doubles_for_a_flapping_node_and_is_capped() {
+        let l = Liveness::new(LivenessConfig {
+            probation: Duration::from_secs(5),
+            ..Default::default()
+        });
+        assert!(l.trusted("n1"), "a node never down is trusted");
+        l.went_down("n1");
+        assert_eq!(l.came_back("n1"), Duration::from_secs(5));
+        assert!(!l.trusted("n1"));
+        l.went_down("n1");
+        assert_eq!(l.came_back("n1"), Duration::from_secs(10));
+        l.went_down("n1");
+        assert_eq!(l.came_back("n1"), Duration::from_secs(20));
+        for _ in 0..20 {
+            l.went_down("n1");
+        }
+        assert_eq!(l.came_back("n1"), MAX_PROBATION);
+        assert!(l.trusted("n2"));
+    }
+}

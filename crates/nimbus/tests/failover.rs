@@ -1,0 +1,271 @@
+//! Fault tolerance end to end: one server and agents in their own network namespaces.
+//! Nodes crash (agent and workloads killed), freeze (SIGSTOP + cgroup freezer) or lose
+//! their link; instances move by their HA policy, a node that comes back stops what
+//! moved away (fencing), and the server finishes a failover it was killed in.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::netns::NetCluster;
+use common::*;
+use serde_json::Value;
+
+/// One multi-node cluster at a time: timing on a small machine stays predictable.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const SERVER: &[&str] = &[
+    "--node-down-after",
+    "2",
+    "--node-suspect-after",
+    "1",
+    "--node-probation",
+    "3",
+];
+const NODE: &[&str] = &[
+    "--cpus",
+    "1",
+    "--memory",
+    "512Mi",
+    "--heartbeat-every",
+    "0.3",
+];
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn create(c: &NetCluster, name: &str, extra: &[&str], script: &str) {
+    let mut args = vec![
+        "instance", "create", name, "--memory", "32Mi", "--cpu", "0.1",
+    ];
+    args.extend(extra);
+    args.extend(["--", "sh", "-c", script]);
+    let out = c.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn running_on(c: &NetCluster, name: &str, node: &str) -> Value {
+    let n = name.to_string();
+    let want = node.to_string();
+    c.wait_for(
+        &format!("{name} running on {node}"),
+        Duration::from_secs(30),
+        || {
+            let (code, v) = c.http("GET", &format!("/v1/instances/{n}"), None);
+            (code == 200 && v["state"] == "running" && v["node"] == want.as_str()).then_some(v)
+        },
+    )
+}
+
+/// Waits until `name` runs on a node other than `not`; returns the instance.
+fn running_elsewhere(c: &NetCluster, name: &str, not: &str) -> Value {
+    let n = name.to_string();
+    let not = not.to_string();
+    c.wait_for(
+        &format!("{name} running on a node other than {not}"),
+        Duration::from_secs(30),
+        || {
+            let (code, v) = c.http("GET", &format!("/v1/instances/{n}"), None);
+            (code == 200 && v["state"] == "running" && v["node"].as_str().is_some_and(|x| x != not))
+                .then_some(v)
+        },
+    )
+}
+
+fn events(c: &NetCluster) -> Vec<Value> {
+    let (_, v) = c.http("GET", "/v1/events?limit=1000", None);
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn has_event(c: &NetCluster, kind: &str, object: &str) -> Option<Value> {
+    events(c)
+        .into_iter()
+        .find(|e| e["kind"] == kind && e["object"] == object)
+}
+
+fn logs_of(c: &NetCluster, name: &str) -> String {
+    String::from_utf8_lossy(&c.cli(&["instance", "logs", name]).stdout).to_string()
+}
+
+fn pid_of(v: &Value) -> u64 {
+    v["pid"].as_u64().expect("a running instance has a pid")
+}
+
+#[test]
+fn a_crashed_node_s_instances_move_by_their_ha_policy() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    c.add_node("fo-a1", NODE);
+    // Everything starts on fo-a1 (the only node), then two more nodes join.
+    create(&c, "web", &[], "echo started; exec sleep 100000");
+    create(
+        &c,
+        "db",
+        &["--ha", "cold"],
+        "if [ -f state ]; then echo \"restored $(cat state)\"; else echo fresh; fi; \
+         exec sleep 100000",
+    );
+    create(&c, "pet", &["--ha", "none"], "exec sleep 100000");
+    for name in ["web", "db", "pet"] {
+        running_on(&c, name, "fo-a1");
+    }
+    // The data db has at its backup, and a change after it that a crash loses.
+    let data = c.nodes[0].data.join("instances/db/data/state");
+    std::fs::write(&data, "before-backup").unwrap();
+    let b = c.cli_json(&["backup", "create", "db", "--name", "b1"]);
+    assert_eq!(b["state"], "done", "{b}");
+    std::fs::write(&data, "after-backup").unwrap();
+    c.add_node("fo-a2", NODE);
+    c.add_node("fo-a3", NODE);
+
+    c.crash("fo-a1");
+    let down = c.wait_node("fo-a1", "down", Duration::from_secs(15));
+    assert!(
+        down["state"] == "down",
+        "the crashed node is declared down: {down}"
+    );
+    let web = running_elsewhere(&c, "web", "fo-a1");
+    let db = running_elsewhere(&c, "db", "fo-a1");
+    assert!(
+        logs_of(&c, "web").contains("started"),
+        "web started again on {}",
+        web["node"]
+    );
+    let db_log = c.wait_for("db's log", Duration::from_secs(10), || {
+        let l = logs_of(&c, "db");
+        l.contains("restored").then_some(l)
+    });
+    assert!(
+        db_log.contains("restored before-backup"),
+        "cold recovery restores the latest backup ({}): {db_log}",
+        db["node"]
+    );
+    let pet = c.wait_state("pet", "lost");
+    assert_eq!(pet["node"], "fo-a1", "ha none stays on its node: {pet}");
+
+    // Every step is an event; RTO is in the metrics.
+    for (kind, object) in [
+        ("node_suspect", "fo-a1"),
+        ("node_down", "fo-a1"),
+        ("instance_rescheduled", "web"),
+        ("instance_rescheduled", "db"),
+        ("instance_lost", "pet"),
+    ] {
+        assert!(
+            has_event(&c, kind, object).is_some(),
+            "event {kind} for {object}: {:#?}",
+            events(&c)
+        );
+    }
+    let done = c.wait_for("failover_completed for db", Duration::from_secs(10), || {
+        has_event(&c, "failover_completed", "db")
+    });
+    let msg = done["message"].as_str().unwrap();
+    assert!(msg.contains("RTO") && msg.contains("RPO"), "{msg}");
+    let metrics = ureq::get(&format!("{}/metrics", c.url))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("nimbus_instance_recovery_seconds_count{ha=\"restart\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("nimbus_instance_data_loss_seconds_count{ha=\"cold\"} 1"));
+
+    // A lost instance can be deleted at once: its node cannot confirm.
+    assert!(c.cli(&["instance", "delete", "pet"]).status.success());
+    c.wait_for("pet gone", Duration::from_secs(10), || {
+        (c.http("GET", "/v1/instances/pet", None).0 == 404).then_some(())
+    });
+}
+
+#[test]
+fn a_frozen_node_stops_its_moved_instances_when_it_thaws() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    c.add_node("fo-f1", NODE);
+    create(&c, "web", &[], "exec sleep 100000");
+    let old = running_on(&c, "web", "fo-f1");
+    let old_pid = pid_of(&old);
+    c.add_node("fo-f2", NODE);
+
+    c.freeze("fo-f1");
+    c.wait_node("fo-f1", "down", Duration::from_secs(15));
+    let moved = running_on(&c, "web", "fo-f2");
+    assert!(pid_alive(old_pid), "frozen, the old copy still exists");
+
+    c.thaw("fo-f1");
+    // Fencing: the thawed agent stops the copy that moved away.
+    c.wait_for("the old copy to stop", Duration::from_secs(20), || {
+        (!pid_alive(old_pid)).then_some(())
+    });
+    assert!(pid_alive(pid_of(&moved)), "the moved copy keeps running");
+    assert_eq!(c.instance("web")["node"], "fo-f2");
+    // Back, but on probation before it is trusted again.
+    c.wait_node("fo-f1", "suspect", Duration::from_secs(10));
+    c.wait_node("fo-f1", "ready", Duration::from_secs(20));
+}
+
+#[test]
+fn a_partitioned_node_stops_its_moved_instances_when_it_heals() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    c.add_node("fo-p1", NODE);
+    create(&c, "web", &[], "exec sleep 100000");
+    let old_pid = pid_of(&running_on(&c, "web", "fo-p1"));
+    c.add_node("fo-p2", NODE);
+
+    c.set_link("fo-p1", false);
+    c.wait_node("fo-p1", "down", Duration::from_secs(15));
+    let moved = running_on(&c, "web", "fo-p2");
+    c.set_link("fo-p1", true);
+    c.wait_for("the old copy to stop", Duration::from_secs(30), || {
+        (!pid_alive(old_pid)).then_some(())
+    });
+    assert!(pid_alive(pid_of(&moved)));
+    c.wait_node("fo-p1", "ready", Duration::from_secs(30));
+    assert_eq!(c.instance("web")["node"], "fo-p2", "no move back");
+}
+
+#[test]
+fn recovery_waits_for_capacity_and_survives_a_server_restart() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    c.add_node("fo-s1", NODE);
+    create(&c, "web", &[], "exec sleep 100000");
+    running_on(&c, "web", "fo-s1");
+
+    // No other node: the instance waits with the scheduler's reason.
+    c.crash("fo-s1");
+    c.wait_node("fo-s1", "down", Duration::from_secs(15));
+    let pending = c.wait_state("web", "pending");
+    let reason = pending["reason"].as_str().unwrap_or("").to_string();
+    assert!(
+        reason.contains("node"),
+        "a reason a person can act on: {reason}"
+    );
+
+    // The server dies in the middle of the failover and comes back.
+    c.kill9_server();
+    c.start_server();
+    c.add_node("fo-s2", NODE);
+    let web = running_on(&c, "web", "fo-s2");
+    c.wait_for("failover_completed", Duration::from_secs(10), || {
+        has_event(&c, "failover_completed", "web")
+    });
+    // Exactly one copy runs.
+    let procs = node_cgroup_dirs("fo-s2");
+    assert!(!procs.is_empty());
+    assert!(pid_alive(pid_of(&web)));
+    assert!(
+        node_cgroup_dirs("fo-s1").is_empty(),
+        "nothing left on the crashed node"
+    );
+}
