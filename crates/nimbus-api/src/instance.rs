@@ -579,15 +579,30 @@ pub struct Instance {
     pub revision: u64,
 }
 
-/// An instance's move off a failed node, with the times RTO and RPO are read from.
+/// Why an instance is moved off its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveCause {
+    /// The node went down.
+    #[default]
+    NodeDown,
+    /// The node is being drained.
+    Drain,
+}
+
+/// An instance's move off its node (failed or drained), with the times RTO and RPO
+/// are read from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recovery {
+    #[serde(default)]
+    pub cause: MoveCause,
     /// The node it ran on.
     pub from_node: String,
     pub policy: HaPolicy,
-    /// Unix ms of the node's last heartbeat: the latest moment it is known to have run.
+    /// Node down: unix ms of the node's last heartbeat, the latest moment it is known
+    /// to have run. Drain: when the move began.
     pub failed_at_ms: u64,
-    /// Unix ms when the server declared the node down.
+    /// Unix ms when the server declared the node down (drain: when the move began).
     pub detected_at_ms: u64,
     /// Cold recovery: the backup it was restored from, and when that backup was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -25,7 +25,7 @@ pub use event::{Event, EventList};
 pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage, ReplicateImage};
 pub use instance::{
     CreateInstance, DesiredState, HaPolicy, Instance, InstanceKind, InstanceList, InstanceSpec,
-    InstanceState, PortSpec, Recovery, RestartPolicy, TransitionError,
+    InstanceState, MoveCause, PortSpec, Recovery, RestartPolicy, TransitionError,
 };
 pub use node::{
     Assignment, Assignments, Heartbeat, InstanceReport, Node, NodeList, NodeState, RegisterNode,

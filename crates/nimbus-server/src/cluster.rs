@@ -919,7 +919,9 @@ impl Cluster {
             if before.state != inst.state {
                 changed_to = Some(inst.state);
             }
-            if inst.state == InstanceState::Running {
+            // Running again after a move (a drain also reports the old copy running
+            // until it is moved: only a change to running counts).
+            if inst.state == InstanceState::Running && before.state != InstanceState::Running {
                 recovered = inst.recovery.take();
             }
             Ok(before != *inst)

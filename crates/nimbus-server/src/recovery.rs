@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nimbus_api::{
-    instance::AUTO_BACKUPS_KEPT, BackupState, HaPolicy, Instance, InstanceState, NodeState,
-    Recovery,
+    instance::AUTO_BACKUPS_KEPT, BackupState, DesiredState, HaPolicy, Instance, InstanceKind,
+    InstanceState, MoveCause, NodeState, Recovery,
 };
 use nimbus_store::StoreError;
 
@@ -64,6 +64,8 @@ struct Flaps {
 pub struct Liveness {
     pub cfg: LivenessConfig,
     flaps: Mutex<HashMap<String, Flaps>>,
+    /// Draining nodes already announced as empty.
+    drained: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Liveness {
@@ -71,7 +73,23 @@ impl Liveness {
         Liveness {
             cfg,
             flaps: Mutex::new(HashMap::new()),
+            drained: Mutex::new(Default::default()),
         }
+    }
+
+    /// True the first time a draining node is seen empty (since it last was not).
+    fn first_time_empty(&self, node: &str) -> bool {
+        self.drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string())
+    }
+
+    fn not_empty(&self, node: &str) {
+        self.drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
     }
 
     fn flaps(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flaps>> {
@@ -289,15 +307,8 @@ impl Cluster {
                 }
             }
         }
-        let mut spec = inst.spec.clone();
-        if let Some((_, image, _)) = &restored {
-            self.start_from_image(&mut spec, image);
-        }
-        // A pin to the failed node (e.g. from a restore with --node) cannot hold now.
-        if spec.node_selector.get(NODE_LABEL).map(String::as_str) == Some(node) {
-            spec.node_selector.remove(NODE_LABEL);
-        }
         let recovery = Recovery {
+            cause: MoveCause::NodeDown,
             from_node: node.to_string(),
             policy,
             failed_at_ms,
@@ -305,26 +316,8 @@ impl Cluster {
             backup: restored.as_ref().map(|r| r.0.clone()),
             backup_taken_at_ms: restored.as_ref().map(|r| r.2),
         };
-        let moved = self.modify_instance(name, |i| {
-            if i.node.as_deref() != Some(node) || !i.state.can_become(InstanceState::Pending) {
-                return Ok(false);
-            }
-            i.spec = spec.clone();
-            i.state = InstanceState::Pending;
-            i.node = None;
-            i.pid = None;
-            i.exit_code = None;
-            i.will_restart = false;
-            i.guest_ready = false;
-            i.boot_ms = None;
-            i.endpoints.clear();
-            i.accelerator = None;
-            i.queued_at_ms = now_ms();
-            i.reason = Some(format!("node {node} is down: placing again"));
-            i.recovery = Some(recovery.clone());
-            Ok(true)
-        })?;
-        if moved.state != InstanceState::Pending {
+        let image = restored.as_ref().map(|r| r.1.as_str());
+        if !self.requeue_off(name, node, image, recovery, "is down")? {
             return Ok(());
         }
         let how = match (&restored, policy) {
@@ -353,12 +346,57 @@ impl Cluster {
         Ok(())
     }
 
+    /// Puts an instance that is on `node` back in the queue to run elsewhere, starting
+    /// from `image` (a restored backup) when given. One compare-and-swap: false when
+    /// the instance has left `node` meanwhile (someone else moved it).
+    fn requeue_off(
+        &self,
+        name: &str,
+        node: &str,
+        image: Option<&str>,
+        recovery: Recovery,
+        why: &str,
+    ) -> Result<bool> {
+        let mut spec = self.get_instance(name)?.spec;
+        if let Some(image) = image {
+            self.start_from_image(&mut spec, image);
+        }
+        // A pin to the node being left (e.g. from a restore with --node) cannot hold.
+        if spec.node_selector.get(NODE_LABEL).map(String::as_str) == Some(node) {
+            spec.node_selector.remove(NODE_LABEL);
+        }
+        let moved = self.modify_instance(name, |i| {
+            if i.node.as_deref() != Some(node) || !i.state.can_become(InstanceState::Pending) {
+                return Ok(false);
+            }
+            i.spec = spec.clone();
+            i.state = InstanceState::Pending;
+            i.desired = DesiredState::Running;
+            i.node = None;
+            i.pid = None;
+            i.exit_code = None;
+            i.will_restart = false;
+            i.guest_ready = false;
+            i.boot_ms = None;
+            i.endpoints.clear();
+            i.accelerator = None;
+            i.queued_at_ms = now_ms();
+            i.reason = Some(format!("node {node} {why}: placing again"));
+            i.recovery = Some(recovery.clone());
+            Ok(true)
+        })?;
+        Ok(moved.state == InstanceState::Pending && moved.node.is_none())
+    }
+
     /// Called when a moved instance runs again: records RTO and RPO.
     pub(crate) fn recovery_completed(&self, inst: &Instance, r: &Recovery) {
         let now = now_ms();
         let rto = now.saturating_sub(r.failed_at_ms) as f64 / 1000.0;
         let label = HaLabel {
-            ha: r.policy.as_str().into(),
+            ha: match r.cause {
+                MoveCause::NodeDown => r.policy.as_str().into(),
+                MoveCause::Drain => "drain".into(),
+            },
         };
         self.metrics
             .recovery_seconds
@@ -366,6 +404,7 @@ impl Cluster {
             .observe(rto);
         let rpo = r
             .backup_taken_at_ms
+            .filter(|_| r.cause == MoveCause::NodeDown)
             .map(|t| r.failed_at_ms.saturating_sub(t) as f64 / 1000.0);
         if let Some(rpo) = rpo {
             self.metrics
@@ -373,13 +412,25 @@ impl Cluster {
                 .get_or_create(&label)
                 .observe(rpo);
         }
+        let to = inst.node.as_deref().unwrap_or("?");
+        if r.cause == MoveCause::Drain {
+            self.event(
+                "instance_moved",
+                "instance",
+                &inst.name,
+                format!(
+                    "running on {to} after draining node {}: downtime {rto:.1}s",
+                    r.from_node
+                ),
+            );
+            return;
+        }
         self.event(
             "failover_completed",
             "instance",
             &inst.name,
             format!(
-                "running on {} after node {} failed: detection {:.1}s, recovery (RTO) {rto:.1}s{}",
-                inst.node.as_deref().unwrap_or("?"),
+                "running on {to} after node {} failed: detection {:.1}s, recovery (RTO) {rto:.1}s{}",
                 r.from_node,
                 r.detected_at_ms.saturating_sub(r.failed_at_ms) as f64 / 1000.0,
                 match (rpo, &r.backup) {
@@ -388,6 +439,192 @@ impl Cluster {
                 }
             ),
         );
+    }
+}
+
+/// Moves instances off draining nodes, a step per pass.
+pub async fn drain_loop(cluster: Arc<Cluster>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = cluster.clone();
+        let res = tokio::task::spawn_blocking(move || c.drain_pass()).await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, "drain pass failed");
+        }
+    }
+}
+
+/// Prefix of the names of the backups a drain takes to carry data across.
+pub const DRAIN_BACKUP_PREFIX: &str = "drain-";
+
+impl Cluster {
+    /// Marks a node draining: it takes no new instances and its instances move off.
+    pub fn drain_node(&self, name: &str) -> Result<nimbus_api::Node> {
+        let node = self.get_node(name)?;
+        match node.state {
+            NodeState::Down => {
+                return Err(ServerError::InvalidState(format!(
+                    "node {name:?} is down: its instances are moved by their HA policy, there \
+                     is nothing to drain"
+                )))
+            }
+            NodeState::Draining => {}
+            _ => self.set_node_state(name, NodeState::Draining, "drain requested")?,
+        }
+        self.get_node(name)
+    }
+
+    /// Makes a draining node schedulable again (instances already moved stay moved).
+    pub fn undrain_node(&self, name: &str) -> Result<nimbus_api::Node> {
+        let node = self.get_node(name)?;
+        if node.state != NodeState::Draining {
+            return Err(ServerError::InvalidState(format!(
+                "node {name:?} is {}, not draining",
+                node.state.as_str()
+            )));
+        }
+        self.set_node_state(name, NodeState::Ready, "drain cancelled")?;
+        self.get_node(name)
+    }
+
+    /// One step of every draining node's instances. A VM is stopped, its stopped disk
+    /// backed up, and it is placed again from the backup: no write is lost. A process
+    /// is backed up while frozen and placed again from the backup (its writes after
+    /// the backup are lost; the old copy stops when its node sees it moved).
+    fn drain_pass(&self) -> Result<()> {
+        let instances = self.all_instances()?;
+        let draining: Vec<String> = self
+            .all_nodes_with(&instances)?
+            .into_iter()
+            .filter(|n| n.state == NodeState::Draining)
+            .map(|n| n.name)
+            .collect();
+        for node in draining {
+            let on: Vec<&Instance> = instances
+                .iter()
+                .filter(|i| i.node.as_deref() == Some(node.as_str()))
+                .filter(|i| {
+                    i.holds_resources()
+                        || i.recovery
+                            .as_ref()
+                            .is_some_and(|r| r.cause == MoveCause::Drain)
+                })
+                .collect();
+            if on.is_empty() {
+                if self.liveness.first_time_empty(&node) {
+                    self.event("node_drained", "node", &node, "no instances left");
+                }
+                continue;
+            }
+            self.liveness.not_empty(&node);
+            for inst in on {
+                if let Err(e) = self.drain_step(inst, &node) {
+                    match e {
+                        ServerError::NotFound { .. } | ServerError::Conflict(_) => {}
+                        e => tracing::warn!(instance = %inst.name, error = %e, "drain step failed"),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_step(&self, inst: &Instance, node: &str) -> Result<()> {
+        let now = now_ms();
+        let name = inst.name.as_str();
+        let Some(r) = inst
+            .recovery
+            .clone()
+            .filter(|r| r.cause == MoveCause::Drain)
+        else {
+            if inst.desired == DesiredState::Stopped || inst.desired == DesiredState::Deleted {
+                return Ok(()); // a stop or delete in flight: nothing to move
+            }
+            let mut r = Recovery {
+                cause: MoveCause::Drain,
+                from_node: node.to_string(),
+                policy: inst.spec.ha_policy(),
+                failed_at_ms: now,
+                detected_at_ms: now,
+                backup: None,
+                backup_taken_at_ms: None,
+            };
+            let how = match inst.kind {
+                InstanceKind::Vm => "stopping it to back up its disk",
+                InstanceKind::Process => "backing up its data directory",
+            };
+            if inst.kind == InstanceKind::Process {
+                let b = self.create_backup(name, Some(format!("{DRAIN_BACKUP_PREFIX}{now}")))?;
+                r.backup = Some(b.name);
+            }
+            self.modify_instance(name, |i| {
+                if i.node.as_deref() != Some(node) || i.recovery.is_some() {
+                    return Ok(false);
+                }
+                if i.kind == InstanceKind::Vm {
+                    if !i.state.can_become(InstanceState::Stopping) {
+                        return Ok(false);
+                    }
+                    i.state = InstanceState::Stopping;
+                    i.desired = DesiredState::Stopped;
+                }
+                i.reason = Some(format!("node {node} is draining: {how}"));
+                i.recovery = Some(r.clone());
+                Ok(true)
+            })?;
+            self.event(
+                "instance_drain_started",
+                "instance",
+                name,
+                format!("node {node} is draining: {how}"),
+            );
+            return Ok(());
+        };
+        let Some(backup) = r.backup.clone() else {
+            // A VM: once stopped, back up its disk.
+            if inst.state == InstanceState::Stopped {
+                let b = self.create_backup(name, Some(format!("{DRAIN_BACKUP_PREFIX}{now}")))?;
+                self.modify_instance(name, |i| {
+                    let Some(ir) = i.recovery.as_mut().filter(|x| x.cause == MoveCause::Drain)
+                    else {
+                        return Ok(false);
+                    };
+                    ir.backup = Some(b.name.clone());
+                    Ok(true)
+                })?;
+            }
+            return Ok(());
+        };
+        let b = self.get_backup(name, &backup)?;
+        let image = format!("{name}-{backup}");
+        let mut r = r;
+        r.backup_taken_at_ms = Some(b.created_at_ms);
+        let (image, how) = match b.state {
+            BackupState::Pending => return Ok(()),
+            BackupState::Done => match self.image_from_backup(name, &backup, &image) {
+                Ok(_) => (Some(image.as_str()), format!("from backup {backup}")),
+                Err(e) => (
+                    None,
+                    format!("backup {backup} unusable ({e}): starting fresh"),
+                ),
+            },
+            BackupState::Failed => (
+                None,
+                format!(
+                    "backup {backup} failed ({}): starting fresh",
+                    b.reason.clone().unwrap_or_default()
+                ),
+            ),
+        };
+        if self.requeue_off(name, node, image, r, "is draining")? {
+            self.event(
+                "instance_rescheduled",
+                "instance",
+                name,
+                format!("node {node} is draining: {how}"),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -375,6 +375,19 @@ pub enum NodeCommand {
     List,
     /// Show one node.
     Show { name: String },
+    /// Move every instance off a node and stop placing new ones there (VMs are stopped,
+    /// backed up and restored elsewhere; processes are backed up and restored).
+    Drain {
+        name: String,
+        /// Return at once instead of waiting until the node is empty.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Let a draining node take new instances again.
+    Undrain { name: String },
 }
 
 #[cfg(test)]

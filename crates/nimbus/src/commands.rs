@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nimbus_api::units::{parse_cpu_millis, parse_memory_mib};
-use nimbus_api::{CreateInstance, InstanceKind, InstanceSpec, RestartPolicy};
+use nimbus_api::{
+    CreateInstance, Instance, InstanceKind, InstanceSpec, InstanceState, Node, RestartPolicy,
+};
 
 use crate::cli::{Cli, Command, CreateArgs, InstanceCommand, NodeCommand, Output};
 use crate::client::ApiClient;
@@ -32,6 +34,18 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Node(NodeCommand::Show { name }) => {
             let n = api.get_node(&name).await?;
+            println!("{}", output::nodes(out, std::slice::from_ref(&n)));
+            Ok(0)
+        }
+        Command::Node(NodeCommand::Drain {
+            name,
+            no_wait,
+            timeout,
+        }) => drain(&api, out, &name, no_wait, timeout).await,
+        Command::Node(NodeCommand::Undrain { name }) => {
+            let n: Node = api
+                .post(&format!("/v1/nodes/{name}/undrain"), &serde_json::json!({}))
+                .await?;
             println!("{}", output::nodes(out, std::slice::from_ref(&n)));
             Ok(0)
         }
@@ -273,5 +287,59 @@ async fn events(api: &ApiClient, out: Output, follow: bool) -> Result<i32> {
         if !follow && page.items.len() < 1000 {
             return Ok(0);
         }
+    }
+}
+
+/// Drains a node and, unless told not to, waits until it is empty, showing progress.
+async fn drain(
+    api: &ApiClient,
+    out: Output,
+    name: &str,
+    no_wait: bool,
+    timeout: u64,
+) -> Result<i32> {
+    let n: Node = api
+        .post(&format!("/v1/nodes/{name}/drain"), &serde_json::json!({}))
+        .await?;
+    if no_wait {
+        println!("{}", output::nodes(out, std::slice::from_ref(&n)));
+        return Ok(0);
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let instances = api.list_instances(None, None).await?;
+        let left: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| i.node.as_deref() == Some(name) && i.is_assigned())
+            .collect();
+        let moving = instances
+            .iter()
+            .filter(|i| {
+                i.recovery
+                    .as_ref()
+                    .is_some_and(|r| r.from_node == name && i.state != InstanceState::Running)
+            })
+            .count();
+        if left.is_empty() && moving == 0 {
+            bar.finish_and_clear();
+            let n = api.get_node(name).await?;
+            println!("{}", output::nodes(out, std::slice::from_ref(&n)));
+            return Ok(0);
+        }
+        bar.set_message(format!(
+            "draining {name}: {} instance(s) still there, {moving} starting elsewhere",
+            left.len()
+        ));
+        if std::time::Instant::now() > deadline {
+            bar.finish_and_clear();
+            bail!(
+                "node {name} still has {} instance(s) after {timeout}s: see `nimbus instance list` \
+                 and `nimbus events`",
+                left.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

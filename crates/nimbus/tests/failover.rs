@@ -269,3 +269,66 @@ fn recovery_waits_for_capacity_and_survives_a_server_restart() {
         "nothing left on the crashed node"
     );
 }
+
+#[test]
+fn drain_moves_instances_with_their_data_and_empties_the_node() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    c.add_node("fo-d1", NODE);
+    create(
+        &c,
+        "app",
+        &[],
+        "if [ -f state ]; then echo \"found $(cat state)\"; else echo made > state; fi; \
+         exec sleep 100000",
+    );
+    let old_pid = pid_of(&running_on(&c, "app", "fo-d1"));
+    c.add_node("fo-d2", NODE);
+
+    // Bad input first: unknown node, undrain of a node that is not draining.
+    let out = c.cli(&["node", "drain", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = c.cli(&["node", "undrain", "fo-d1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not draining"));
+
+    let out = c.cli(&["node", "drain", "fo-d1", "--timeout", "60"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let app = running_on(&c, "app", "fo-d2");
+    let log = c.wait_for("the moved copy's output", Duration::from_secs(10), || {
+        let l = logs_of(&c, "app");
+        l.contains("found").then_some(l)
+    });
+    assert!(
+        log.contains("found made"),
+        "the data directory moved: {log}"
+    );
+    c.wait_for("the old copy to stop", Duration::from_secs(15), || {
+        (!pid_alive(old_pid)).then_some(())
+    });
+    assert!(pid_alive(pid_of(&app)));
+    let node = c.wait_node("fo-d1", "draining", Duration::from_secs(5));
+    assert_eq!(node["instances"], 0, "{node}");
+    c.wait_for("node_drained", Duration::from_secs(10), || {
+        has_event(&c, "node_drained", "fo-d1")
+    });
+    assert!(has_event(&c, "instance_moved", "app").is_some());
+
+    // A draining node takes nothing new; undrain makes it schedulable again.
+    create(
+        &c,
+        "pinned",
+        &["--node-selector", "nimbus/node=fo-d1"],
+        "exec sleep 100000",
+    );
+    let p = c.wait_state("pinned", "pending");
+    assert!(p["reason"].as_str().unwrap_or("").contains("fo-d1"), "{p}");
+    assert!(c.cli(&["node", "undrain", "fo-d1"]).status.success());
+    running_on(&c, "pinned", "fo-d1");
+}

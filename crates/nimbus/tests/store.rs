@@ -433,3 +433,64 @@ fn backup_of_a_running_process_restores_its_data_dir_on_another_node() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("archive"));
 }
+
+#[test]
+fn draining_a_node_moves_a_vm_with_its_disk() {
+    let mut c = TestCluster::up("t-vdrain-a", &[]);
+    assert!(c.cli(&["image", "build", "tiny"]).status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let ud = dir.path().join("disk.sh");
+    // First boot writes a marker to the data disk; every boot serves what is there.
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\n\
+         if ! dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | grep -q persisted; then\n\
+           echo \"persisted-$RANDOM-$RANDOM\" | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null\n\
+         fi\n\
+         dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000' > /www/disk.txt\n",
+    )
+    .unwrap();
+    let out = c.cli(&[
+        "instance",
+        "create",
+        "vm",
+        "--vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "128Mi",
+        "--disk-size",
+        "16Mi",
+        "--port",
+        "80",
+        "--user-data",
+        ud.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vm = wait_ready(&c, "vm");
+    assert_eq!(vm["node"], "t-vdrain-a");
+    let marker = fetch(&c, &vm, "/disk.txt");
+    c.add_agent("t-vdrain-b", &[]);
+
+    let out = c.cli(&["node", "drain", "t-vdrain-a", "--timeout", "240"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let moved = wait_ready(&c, "vm");
+    assert_eq!(moved["node"], "t-vdrain-b", "{moved}");
+    assert_eq!(
+        fetch(&c, &moved, "/disk.txt"),
+        marker,
+        "the disk moved with the VM: no write lost"
+    );
+    let (_, node) = c.http("GET", "/v1/nodes/t-vdrain-a", None);
+    assert_eq!(node["state"], "draining");
+    assert_eq!(node["instances"], 0);
+}

@@ -80,6 +80,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         nodes::list_nodes,
         nodes::get_node,
         nodes::heartbeat,
+        nodes::drain_node,
+        nodes::undrain_node,
         nodes::assignments,
         events::list_events,
         images::upload_file,
@@ -212,6 +214,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/nodes/{name}", get(nodes::get_node))
         .route("/v1/nodes/{name}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/nodes/{name}/drain", post(nodes::drain_node))
+        .route("/v1/nodes/{name}/undrain", post(nodes::undrain_node))
         .route("/v1/nodes/{name}/assignments", get(nodes::assignments))
         .route(
             "/v1/instances/{name}/pause",

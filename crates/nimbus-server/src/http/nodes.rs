@@ -15,6 +15,33 @@ use crate::error::{Result, ServerError};
 /// Longest an assignments long-poll may wait.
 const MAX_WAIT_SECS: u64 = 60;
 
+/// Drain a node: it takes no new instances and its instances move to other nodes
+/// (VMs: stopped, backed up and restored there; processes: backed up and restored).
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain", tag = "nodes",
+    params(("name" = String, Path, description = "Node name")),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody),
+        (status = 409, description = "The node is down", body = ErrorBody)))]
+pub async fn drain_node(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>> {
+    let c = app.cluster.clone();
+    Ok(Json(blocking(move || c.drain_node(&name)).await?))
+}
+
+/// Stop draining a node: it takes new instances again.
+#[utoipa::path(post, path = "/v1/nodes/{name}/undrain", tag = "nodes",
+    params(("name" = String, Path, description = "Node name")),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody),
+        (status = 409, description = "The node is not draining", body = ErrorBody)))]
+pub async fn undrain_node(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>> {
+    let c = app.cluster.clone();
+    Ok(Json(blocking(move || c.undrain_node(&name)).await?))
+}
+
 /// Register a node (agents call this when they start; idempotent).
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = RegisterNode,
     responses((status = 200, body = Node), (status = 400, body = ErrorBody)))]
