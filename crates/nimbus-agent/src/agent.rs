@@ -73,6 +73,27 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A task that ran at least this long resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+/// Wait between attempts to (re)start a failed disk mirror.
+const MIRROR_RETRY: Duration = Duration::from_secs(3);
+
+/// The local address of the route to the server at `url` (what peers on the same
+/// network reach this node at).
+fn route_address(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let hostport = rest.split('/').next()?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+        .ok()?
+        .next()?;
+    let sock = std::net::UdpSocket::bind(if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .ok()?;
+    sock.connect(addr).ok()?;
+    Some(sock.local_addr().ok()?.ip().to_string())
+}
+
 /// Most log bytes shipped per instance per heartbeat.
 const LOG_CHUNK: u64 = 512 * 1024;
 
@@ -108,6 +129,17 @@ struct TaskRecord {
     /// Processes: the data directory was unpacked from `disk_image` for this placement.
     #[serde(default)]
     data_restored: bool,
+    /// Hot VMs failed over here: the disk starts from this node's replica.
+    #[serde(default)]
+    boot_from_replica: bool,
+    /// VMs: virtual size of the disk, once known.
+    #[serde(default)]
+    disk_bytes: Option<u64>,
+    /// Hot VMs: the disk's mirror to the standby's replica.
+    #[serde(default)]
+    mirror: Option<nimbus_api::MirrorReport>,
+    #[serde(skip)]
+    mirror_retry_at: Option<Instant>,
     /// Backups of this placement already made and reported.
     #[serde(default)]
     backups_done: Vec<String>,
@@ -139,6 +171,9 @@ struct Agent {
     /// The last heartbeat built; sent again while a long reconcile step (an image
     /// copy, a backup) holds the tasks, so the node is never silent because it is busy.
     last_heartbeat: Mutex<Heartbeat>,
+    /// Replicas this node serves as a hot standby, and the ones the server wants.
+    replicas: crate::replica::Replicas,
+    standbys_wanted: Mutex<Vec<nimbus_api::StandbyAssignment>>,
 }
 
 fn tasks_dir(data_dir: &Path) -> PathBuf {
@@ -392,6 +427,10 @@ impl Agent {
             backups_done: vec![],
             disk_image: a.disk_image.clone(),
             data_restored: false,
+            boot_from_replica: a.boot_from_replica,
+            disk_bytes: None,
+            mirror: None,
+            mirror_retry_at: None,
             restart_at: None,
             started: None,
         }
@@ -409,10 +448,28 @@ impl Agent {
                 image.name
             ));
         }
+        // A hot VM taking over here boots from the replica this node kept in sync.
+        let replica = if rec.boot_from_replica {
+            let dest = instance_dir(&self.cfg.data_dir, &rec.name).join("replica.raw");
+            if dest.exists() {
+                Some(dest)
+            } else {
+                Some(
+                    self.replicas
+                        .take(&rec.name, &dest)
+                        .ok_or_else(|| format!("this node holds no replica of {}", rec.name))?,
+                )
+            }
+        } else {
+            None
+        };
         let dir = self.cfg.data_dir.join("images").join(&image.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         if image.kind == nimbus_api::ImageKind::Disk {
-            let base = self.store.image_file(&image.name, &dir)?;
+            let base = match replica {
+                Some(r) => r,
+                None => self.store.image_file(&image.name, &dir)?,
+            };
             if rec.ports.is_empty() {
                 rec.ports = self.reserve_ports(&rec.name, &rec.spec.ports)?;
             }
@@ -456,6 +513,7 @@ impl Agent {
                 initrd: dir.join("initrd.img"),
                 cmdline: image.cmdline.clone().unwrap_or_default(),
                 disk_base: match &rec.disk_image {
+                    _ if replica.is_some() => replica.clone(),
                     Some(d) => Some(
                         self.store
                             .image_file(&d.name, &self.cfg.data_dir.join("images").join(&d.name))?,
@@ -536,6 +594,65 @@ impl Agent {
         }
     }
 
+    /// Starts, checks or ends a hot VM's disk mirror to match `to` (the standby's
+    /// replica, from the assignment).
+    fn follow_mirror(&self, rec: &mut TaskRecord, to: Option<&str>) {
+        let (Some(h), Some(d)) = (rec.handle.clone(), self.driver_for(&rec.spec)) else {
+            return;
+        };
+        if rec.spec.kind != nimbus_api::InstanceKind::Vm || rec.state != InstanceState::Running {
+            return;
+        }
+        if rec.disk_bytes.is_none() {
+            rec.disk_bytes = d.disk_bytes(&h);
+        }
+        let Some(to) = to else {
+            if rec.mirror.take().is_some() {
+                let _ = d.stop_mirror(&h);
+            }
+            return;
+        };
+        let same = rec.mirror.as_ref().is_some_and(|m| m.endpoint == to);
+        let failed = rec.mirror.as_ref().is_some_and(|m| m.error.is_some());
+        let retry_due = rec.mirror_retry_at.is_none_or(|t| Instant::now() >= t);
+        if same && !failed {
+            match d.mirror_in_sync(&h) {
+                Ok(in_sync) => {
+                    if let Some(m) = rec.mirror.as_mut() {
+                        m.in_sync = in_sync;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task = %rec.name, error = %e, "mirror lost");
+                    rec.mirror = Some(nimbus_api::MirrorReport {
+                        endpoint: to.to_string(),
+                        in_sync: false,
+                        error: Some(e.to_string()),
+                    });
+                    rec.mirror_retry_at = Some(Instant::now() + MIRROR_RETRY);
+                }
+            }
+            return;
+        }
+        if same && !retry_due {
+            return;
+        }
+        let started = to
+            .parse::<crate::driver::MirrorTarget>()
+            .and_then(|t| d.start_mirror(&h, &t).map_err(|e| e.to_string()));
+        if let Err(e) = &started {
+            tracing::warn!(task = %rec.name, target = %to, error = %e, "cannot start the mirror");
+            rec.mirror_retry_at = Some(Instant::now() + MIRROR_RETRY);
+        } else {
+            tracing::info!(task = %rec.name, target = %to, "mirroring the disk");
+        }
+        rec.mirror = Some(nimbus_api::MirrorReport {
+            endpoint: to.to_string(),
+            in_sync: false,
+            error: started.err(),
+        });
+    }
+
     /// Gives a task's host ports back to the node.
     fn release_ports(&self, rec: &mut TaskRecord) {
         let mut reserved = self.ports.lock().unwrap_or_else(|p| p.into_inner());
@@ -549,6 +666,13 @@ impl Agent {
     /// One pass: make local tasks match the assignments. Returns true if any observed
     /// state changed.
     fn reconcile(&self) -> bool {
+        // Before the assignments (which the poller writes first): a replica is never
+        // dropped on the strength of a newer answer than the assignments seen here.
+        let standbys = self
+            .standbys_wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let Some(assignments) = self
             .assignments
             .lock()
@@ -577,9 +701,15 @@ impl Agent {
         }
 
         for a in &assignments {
-            let before = tasks
-                .get(&a.name)
-                .map(|r| (r.state, r.restarts, r.will_restart, r.boot_ms));
+            let before = tasks.get(&a.name).map(|r| {
+                (
+                    r.state,
+                    r.restarts,
+                    r.will_restart,
+                    r.boot_ms,
+                    r.mirror.clone(),
+                )
+            });
             // An older placement of the same name: replace it.
             if tasks
                 .get(&a.name)
@@ -618,6 +748,7 @@ impl Agent {
                         self.start_task(rec);
                     }
                     self.follow_desired_pause(rec, a.desired);
+                    self.follow_mirror(rec, a.mirror_to.as_deref());
                 }
                 DesiredState::Stopped | DesiredState::Deleted => {
                     let why = if a.desired == DesiredState::Deleted {
@@ -649,13 +780,22 @@ impl Agent {
                 }
             }
             if let Some(rec) = tasks.get(&a.name) {
-                if before != Some((rec.state, rec.restarts, rec.will_restart, rec.boot_ms)) {
+                let now = (
+                    rec.state,
+                    rec.restarts,
+                    rec.will_restart,
+                    rec.boot_ms,
+                    rec.mirror.clone(),
+                );
+                if before != Some(now) {
                     changed = true;
                     self.persist(rec);
                 }
             }
         }
         drop(tasks);
+        // After the tasks: a VM taking over from a replica here has taken its file.
+        self.replicas.reconcile(&standbys);
         self.replicate_wanted_images();
         changed
     }
@@ -796,10 +936,15 @@ impl Agent {
                     endpoints: details.endpoints,
                     guest_ready: rec.boot_ms.is_some() && rec.handle.is_some(),
                     boot_ms: rec.boot_ms,
+                    disk_bytes: rec.disk_bytes,
+                    mirror: rec.mirror.clone(),
                 }
             })
             .collect();
-        let hb = Heartbeat { instances };
+        let hb = Heartbeat {
+            instances,
+            standbys: self.replicas.reports(),
+        };
         *self
             .last_heartbeat
             .lock()
@@ -914,9 +1059,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         facts.extend(d.fingerprint().facts);
     }
     driver_names.sort();
+    // Where peers reach this node (replica exports): given, or the local address of
+    // the route to the server.
+    let address = if cfg.address.is_empty() {
+        route_address(&cfg.server).unwrap_or_else(|| "127.0.0.1".to_string())
+    } else {
+        cfg.address.clone()
+    };
     let registration = RegisterNode {
         name: cfg.name.clone(),
-        address: cfg.address.clone(),
+        address: address.clone(),
         capacity,
         labels: cfg.labels.clone(),
         drivers: driver_names,
@@ -945,7 +1097,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         },
         wanted_images: Mutex::new(Vec::new()),
         replicated: Mutex::new(Default::default()),
-        last_heartbeat: Mutex::new(Heartbeat { instances: vec![] }),
+        last_heartbeat: Mutex::new(Heartbeat {
+            instances: vec![],
+            standbys: vec![],
+        }),
+        replicas: crate::replica::Replicas::new(&cfg.data_dir, &address),
+        standbys_wanted: Mutex::new(Vec::new()),
     });
     {
         let a = agent.clone();
@@ -1001,6 +1158,10 @@ async fn poll_assignments(agent: Arc<Agent>, client: Arc<ServerClient>, reg: Reg
                     .wanted_images
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = set.images;
+                *agent
+                    .standbys_wanted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = set.standbys;
                 agent.reconcile_now.notify_one();
             }
             Err(crate::client::ClientError::Api { status: 404, .. }) => {

@@ -71,6 +71,11 @@ pub enum HaPolicy {
     /// Placed again on a healthy node from its latest completed backup (data loss:
     /// whatever changed since that backup). With no backup yet, as `restart`.
     Cold,
+    /// A standby node (another node, capacity reserved) takes over at once. VMs: it
+    /// holds a synchronous replica of the disk (every guest write reaches it before
+    /// it completes), so no acknowledged write is lost. Processes: started there on
+    /// promotion, fresh.
+    Hot,
 }
 
 impl HaPolicy {
@@ -79,6 +84,7 @@ impl HaPolicy {
             HaPolicy::None => "none",
             HaPolicy::Restart => "restart",
             HaPolicy::Cold => "cold",
+            HaPolicy::Hot => "hot",
         }
     }
 }
@@ -90,8 +96,9 @@ impl std::str::FromStr for HaPolicy {
             "none" => Ok(HaPolicy::None),
             "restart" => Ok(HaPolicy::Restart),
             "cold" => Ok(HaPolicy::Cold),
+            "hot" => Ok(HaPolicy::Hot),
             _ => Err(format!(
-                "unknown HA policy {s:?}: expected none, restart or cold"
+                "unknown HA policy {s:?}: expected none, restart, cold or hot"
             )),
         }
     }
@@ -456,25 +463,25 @@ impl InstanceState {
                 )
                 | (
                     Starting,
-                    Running | Stopping | Stopped | Failed | Pending | Lost
+                    Running | Stopping | Stopped | Failed | Pending | Lost | Scheduled
                 )
                 | (
                     Running,
-                    Starting | Paused | Stopping | Stopped | Failed | Pending | Lost
+                    Starting | Paused | Stopping | Stopped | Failed | Pending | Lost | Scheduled
                 )
                 | (
                     Paused,
-                    Running | Stopping | Stopped | Failed | Pending | Lost
+                    Running | Stopping | Stopped | Failed | Pending | Lost | Scheduled
                 )
                 | (
                     Lost,
-                    Starting | Running | Paused | Stopping | Stopped | Failed | Pending
+                    Starting | Running | Paused | Stopping | Stopped | Failed | Pending | Scheduled
                 )
                 | (Stopping, Stopped | Failed | Deleted)
                 | (Stopped, Pending | Deleted)
                 | (
                     Failed,
-                    Starting | Running | Stopping | Stopped | Pending | Deleted | Lost
+                    Starting | Running | Stopping | Stopped | Pending | Deleted | Lost | Scheduled
                 )
         )
     }
@@ -574,9 +581,30 @@ pub struct Instance {
     /// Set while the instance is moved off a failed node; cleared once it runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// `ha = hot`: the node standing by to take over, with its reserved capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
+    /// VMs: virtual size of the disk, as its node reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
     /// Store revision of this object (compare-and-swap token).
     #[serde(default)]
     pub revision: u64,
+}
+
+/// The standby of a hot instance: a node with capacity reserved for it and, for VMs,
+/// a synchronous replica of its disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Standby {
+    pub node: String,
+    /// The primary's generation this standby was chosen for.
+    pub generation: u64,
+    /// VMs: where the standby serves the replica (NBD `host:port`), once it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Ready to take over: VMs once the mirror is in sync; processes at once.
+    #[serde(default)]
+    pub in_sync: bool,
 }
 
 /// Why an instance is moved off its node.
@@ -604,6 +632,9 @@ pub struct Recovery {
     pub failed_at_ms: u64,
     /// Unix ms when the server declared the node down (drain: when the move began).
     pub detected_at_ms: u64,
+    /// Hot recovery of a VM: it boots on its standby node from the replica there.
+    #[serde(default)]
+    pub from_replica: bool,
     /// Cold recovery: the backup it was restored from, and when that backup was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,

@@ -25,11 +25,11 @@ pub use event::{Event, EventList};
 pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage, ReplicateImage};
 pub use instance::{
     CreateInstance, DesiredState, HaPolicy, Instance, InstanceKind, InstanceList, InstanceSpec,
-    InstanceState, MoveCause, PortSpec, Recovery, RestartPolicy, TransitionError,
+    InstanceState, MoveCause, PortSpec, Recovery, RestartPolicy, Standby, TransitionError,
 };
 pub use node::{
-    Assignment, Assignments, Heartbeat, InstanceReport, Node, NodeList, NodeState, RegisterNode,
-    Resources,
+    Assignment, Assignments, Heartbeat, InstanceReport, MirrorReport, Node, NodeList, NodeState,
+    RegisterNode, Resources, StandbyAssignment, StandbyReport,
 };
 
 /// Default address of the API server.

@@ -148,6 +148,35 @@ pub struct InstanceReport {
     pub guest_ready: bool,
     #[serde(default)]
     pub boot_ms: Option<u64>,
+    /// VMs: virtual size of the instance's disk in bytes (what a replica must hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// VMs with `ha = hot`: the synchronous mirror of the disk to the standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorReport>,
+}
+
+/// The state of a VM's disk mirror to its standby's replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MirrorReport {
+    /// The replica's NBD endpoint (`host:port`).
+    pub endpoint: String,
+    /// Source and replica are in sync: from now on every guest write reaches both
+    /// before it completes.
+    pub in_sync: bool,
+    /// Why the mirror is not running, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A replica this node serves for a hot VM running elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StandbyReport {
+    pub instance: String,
+    /// The primary's generation the replica was made for.
+    pub generation: u64,
+    /// Where the replica is served (NBD, `host:port`).
+    pub endpoint: String,
 }
 
 /// Body of `POST /v1/nodes/{name}/heartbeat`.
@@ -156,6 +185,9 @@ pub struct InstanceReport {
 pub struct Heartbeat {
     #[serde(default)]
     pub instances: Vec<InstanceReport>,
+    /// Replicas this node serves (hot standbys of VMs on other nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<StandbyReport>,
 }
 
 /// One piece of work an agent must run (or stop).
@@ -175,6 +207,22 @@ pub struct Assignment {
     /// Backups asked for and not done yet: the node makes them and reports each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backups: Vec<String>,
+    /// Hot VMs: mirror the disk synchronously to this replica (NBD `host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_to: Option<String>,
+    /// Hot VMs failed over to this node: boot from the replica this node served.
+    #[serde(default)]
+    pub boot_from_replica: bool,
+}
+
+/// A replica a node must hold and serve for a hot VM on another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StandbyAssignment {
+    pub instance: String,
+    /// The primary's generation.
+    pub generation: u64,
+    /// Virtual size of the primary's disk.
+    pub disk_bytes: u64,
 }
 
 /// Answer of `GET /v1/nodes/{name}/assignments`: the full set for that node.
@@ -186,6 +234,9 @@ pub struct Assignments {
     /// Disk images this node should hold a copy of (replication requests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<crate::image::Image>,
+    /// Replicas this node serves as the hot standby of VMs on other nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<StandbyAssignment>,
 }
 
 /// One page of `GET /v1/nodes`.

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nimbus_api::{
     validate_name, Assignment, CreateInstance, DesiredState, Event, Heartbeat, Instance,
-    InstanceReport, InstanceState, Node, NodeState, RegisterNode, Resources,
+    InstanceReport, InstanceState, Node, NodeState, RegisterNode, Resources, StandbyAssignment,
 };
 use nimbus_store::{Store, StoreError, TypedStore};
 use tokio::sync::Notify;
@@ -208,6 +208,12 @@ impl Cluster {
                 node.allocated = node.allocated.saturating_add(Resources::from(&inst.spec));
                 node.instances += 1;
             }
+            // A hot standby reserves the same resources on its node, so a takeover
+            // never waits for room.
+            if let Some(&ni) = inst.standby.as_ref().and_then(|s| index.get(&s.node)) {
+                let node = &mut nodes[ni];
+                node.allocated = node.allocated.saturating_add(Resources::from(&inst.spec));
+            }
         }
         Ok(nodes)
     }
@@ -288,6 +294,8 @@ impl Cluster {
             queued_at_ms: now,
             updated_at_ms: now,
             recovery: None,
+            standby: None,
+            disk_bytes: None,
             revision: 0,
         };
         match self.store.create_typed(INSTANCE, &inst.name, &inst) {
@@ -591,6 +599,17 @@ impl Cluster {
                          boots a kernel or disk image"
                     )))
                 }
+                Ok(i)
+                    if i.kind == nimbus_api::ImageKind::Kernel
+                        && req.spec.ha_policy() == nimbus_api::HaPolicy::Hot
+                        && req.spec.disk_mib == 0
+                        && req.spec.disk_image.is_none() =>
+                {
+                    return Err(ServerError::InvalidRequest(format!(
+                        "--ha hot replicates the VM's disk, and image {image:?} boots a kernel \
+                         with no disk: add --disk-size"
+                    )))
+                }
                 Ok(_) => {}
             }
         }
@@ -830,6 +849,11 @@ impl Cluster {
             }
             _ => {}
         }
+        for s in &hb.standbys {
+            if let Err(e) = self.standby_serving(node_name, s) {
+                tracing::warn!(instance = %s.instance, error = %e, "standby report not applied");
+            }
+        }
         for report in hb.instances {
             {
                 let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
@@ -879,6 +903,7 @@ impl Cluster {
         let mut remove = None;
         let mut changed_to = None;
         let mut recovered = None;
+        let mut mirror_change = None;
         let inst = self.modify_instance(&r.name, |inst| {
             // Reports about an older placement, or from another node, are stale.
             if inst.node.as_deref() != Some(node) || inst.generation != r.generation {
@@ -912,6 +937,24 @@ impl Cluster {
             inst.endpoints = r.endpoints.clone();
             inst.guest_ready = r.guest_ready;
             inst.boot_ms = r.boot_ms;
+            if r.disk_bytes.is_some() {
+                inst.disk_bytes = r.disk_bytes;
+            }
+            if let Some(s) = inst.standby.as_mut() {
+                let in_sync = r
+                    .mirror
+                    .as_ref()
+                    .is_some_and(|m| m.in_sync && Some(&m.endpoint) == s.endpoint.as_ref())
+                    || inst.kind == nimbus_api::InstanceKind::Process;
+                if in_sync != s.in_sync {
+                    s.in_sync = in_sync;
+                    mirror_change = Some((
+                        in_sync,
+                        s.node.clone(),
+                        r.mirror.as_ref().and_then(|m| m.error.clone()),
+                    ));
+                }
+            }
             if inst.state == InstanceState::Stopped && inst.desired == DesiredState::Running {
                 // Exited on its own and will not be restarted.
                 inst.will_restart = false;
@@ -934,6 +977,26 @@ impl Cluster {
             }
             return Ok(());
         }
+        if let Some((in_sync, node, error)) = mirror_change {
+            if in_sync {
+                self.event(
+                    "standby_in_sync",
+                    "instance",
+                    &inst.name,
+                    format!("the replica on {node} is in sync: every write reaches it"),
+                );
+            } else {
+                self.event(
+                    "standby_out_of_sync",
+                    "instance",
+                    &inst.name,
+                    format!(
+                        "the replica on {node} is not in sync{}",
+                        error.map(|e| format!(": {e}")).unwrap_or_default()
+                    ),
+                );
+            }
+        }
         if let Some(state) = changed_to {
             let msg = inst.reason.clone().unwrap_or_default();
             self.event(&format!("instance_{state}"), "instance", &inst.name, msg);
@@ -947,11 +1010,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// The assignments of one node: every instance placed there that it must run or stop.
-    pub fn assignments(&self, node: &str) -> Result<Vec<Assignment>> {
+    /// The assignments of one node: every instance placed there that it must run or
+    /// stop, and the replicas it serves as the hot standby of VMs elsewhere.
+    pub fn assignments(&self, node: &str) -> Result<(Vec<Assignment>, Vec<StandbyAssignment>)> {
         let backups = self.list_backups(None)?;
-        Ok(self
-            .all_instances()?
+        let all = self.all_instances()?;
+        let standbys = all
+            .iter()
+            .filter(|i| i.kind == nimbus_api::InstanceKind::Vm)
+            .filter_map(|i| {
+                let s = i.standby.as_ref().filter(|s| s.node == node)?;
+                Some(StandbyAssignment {
+                    instance: i.name.clone(),
+                    generation: s.generation,
+                    disk_bytes: i.disk_bytes?,
+                })
+            })
+            .collect();
+        let assignments = all
             .into_iter()
             .filter(|i| {
                 i.node.as_deref() == Some(node)
@@ -965,13 +1041,20 @@ impl Cluster {
                     .as_ref()
                     .and_then(|n| self.get_image(n).ok()),
                 backups: self.pending_backups(&backups, &i.name),
+                mirror_to: i
+                    .standby
+                    .as_ref()
+                    .filter(|s| s.generation == i.generation)
+                    .and_then(|s| s.endpoint.clone()),
+                boot_from_replica: i.recovery.as_ref().is_some_and(|r| r.from_replica),
                 name: i.name,
                 spec: i.spec,
                 generation: i.generation,
                 desired: i.desired,
                 restart_nonce: i.restart_nonce,
             })
-            .collect())
+            .collect();
+        Ok((assignments, standbys))
     }
 
     /// Changes a node's state (ready, down, draining) with an event.

@@ -20,6 +20,7 @@ pub mod logs;
 pub mod metrics;
 pub mod reconcile;
 pub mod recovery;
+pub mod standby;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,6 +112,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     tokio::spawn(recovery::liveness_loop(cluster.clone()));
     tokio::spawn(recovery::backup_loop(cluster.clone()));
     tokio::spawn(recovery::drain_loop(cluster.clone()));
+    tokio::spawn(standby::standby_loop(cluster.clone()));
 
     let app = http::router(http::AppState {
         cluster: cluster.clone(),

@@ -42,24 +42,29 @@ pub fn snapshot(nodes: &[Node], instances: &[Instance]) -> (Vec<NodeInfo>, Vec<R
     let pending = instances
         .iter()
         .filter(|i| i.state == InstanceState::Pending && i.desired == DesiredState::Running)
-        .map(|i| Request {
-            id: i.name.clone(),
-            resources: sched_resources(Resources::from(&i.spec)),
-            driver: i.spec.kind.driver().to_string(),
-            node_selector: {
-                let mut sel = i.spec.node_selector.clone();
-                if let Some(home) = i.home_node() {
-                    sel.insert(NODE_LABEL.to_string(), home.to_string());
-                }
-                sel
-            },
-            priority: i.spec.priority,
-            expected_runtime_secs: i.spec.expected_runtime_secs,
-            queue_seq: i.queue_seq,
-            queued_at_ms: i.queued_at_ms,
-        })
+        .map(request_for)
         .collect();
     (node_infos, pending)
+}
+
+/// What the scheduler is asked to place for an instance.
+pub fn request_for(i: &Instance) -> Request {
+    Request {
+        id: i.name.clone(),
+        resources: sched_resources(Resources::from(&i.spec)),
+        driver: i.spec.kind.driver().to_string(),
+        node_selector: {
+            let mut sel = i.spec.node_selector.clone();
+            if let Some(home) = i.home_node() {
+                sel.insert(NODE_LABEL.to_string(), home.to_string());
+            }
+            sel
+        },
+        priority: i.spec.priority,
+        expected_runtime_secs: i.spec.expected_runtime_secs,
+        queue_seq: i.queue_seq,
+        queued_at_ms: i.queued_at_ms,
+    }
 }
 
 /// One scheduling pass: read, plan (pure), write the decisions. Returns how many

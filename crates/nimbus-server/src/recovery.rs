@@ -286,10 +286,18 @@ impl Cluster {
             }
             return Ok(());
         }
-        // Cold: the newest completed backup that verifies becomes the starting image.
+        let mut no_takeover = None;
+        if policy == HaPolicy::Hot {
+            match self.take_over(name, node, failed_at_ms)? {
+                Ok(()) => return Ok(()),
+                Err(why) => no_takeover = Some(why),
+            }
+        }
+        // Cold (and hot without a ready standby): the newest completed backup that
+        // verifies becomes the starting image.
         let mut restored: Option<(String, String, u64)> = None;
         let mut skipped = Vec::new();
-        if policy == HaPolicy::Cold {
+        if matches!(policy, HaPolicy::Cold | HaPolicy::Hot) {
             let mut done: Vec<_> = self
                 .list_backups(Some(name))?
                 .into_iter()
@@ -313,6 +321,7 @@ impl Cluster {
             policy,
             failed_at_ms,
             detected_at_ms,
+            from_replica: false,
             backup: restored.as_ref().map(|r| r.0.clone()),
             backup_taken_at_ms: restored.as_ref().map(|r| r.2),
         };
@@ -325,10 +334,10 @@ impl Cluster {
                 "from backup {b}, taken {:.1}s before the node's last heartbeat",
                 failed_at_ms.saturating_sub(*taken) as f64 / 1000.0
             ),
-            (None, HaPolicy::Cold) if skipped.is_empty() => {
+            (None, HaPolicy::Cold | HaPolicy::Hot) if skipped.is_empty() => {
                 "no backup yet: starting fresh".to_string()
             }
-            (None, HaPolicy::Cold) => {
+            (None, HaPolicy::Cold | HaPolicy::Hot) => {
                 format!("no usable backup ({}): starting fresh", skipped.join("; "))
             }
             _ => "starting fresh".to_string(),
@@ -338,9 +347,12 @@ impl Cluster {
             "instance",
             name,
             format!(
-                "node {node} down (detected {:.1}s after its last heartbeat); ha {}: {how}",
+                "node {node} down (detected {:.1}s after its last heartbeat); ha {}: {}{how}",
                 detected_at_ms.saturating_sub(failed_at_ms) as f64 / 1000.0,
-                policy.as_str()
+                policy.as_str(),
+                no_takeover
+                    .map(|w| format!("no takeover ({w}); "))
+                    .unwrap_or_default()
             ),
         );
         Ok(())
@@ -546,6 +558,7 @@ impl Cluster {
                 policy: inst.spec.ha_policy(),
                 failed_at_ms: now,
                 detected_at_ms: now,
+                from_replica: false,
                 backup: None,
                 backup_taken_at_ms: None,
             };

@@ -332,3 +332,169 @@ fn drain_moves_instances_with_their_data_and_empties_the_node() {
     assert!(c.cli(&["node", "undrain", "fo-d1"]).status.success());
     running_on(&c, "pinned", "fo-d1");
 }
+
+/// The node named in the newest `standby_assigned` event of `instance`.
+fn standby_node(c: &NetCluster, instance: &str) -> String {
+    c.wait_for(
+        &format!("a standby for {instance}"),
+        Duration::from_secs(30),
+        || {
+            let (_, v) = c.http("GET", &format!("/v1/instances/{instance}"), None);
+            v["standby"]["node"].as_str().map(String::from)
+        },
+    )
+}
+
+#[test]
+fn a_hot_process_takes_over_on_its_standby_node() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    c.add_node("fo-t1", NODE);
+    create(&c, "api", &["--ha", "hot"], "echo up; exec sleep 100000");
+    running_on(&c, "api", "fo-t1");
+    c.add_node("fo-t2", NODE);
+    c.add_node("fo-t3", NODE);
+    let standby = standby_node(&c, "api");
+    assert_ne!(standby, "fo-t1", "the standby is on another node");
+    // Its capacity is held there.
+    let (_, n) = c.http("GET", &format!("/v1/nodes/{standby}"), None);
+    assert_eq!(n["allocated"]["memory_mib"], 32, "{n}");
+
+    c.crash("fo-t1");
+    running_on(&c, "api", &standby);
+    let ev = c.wait_for("hot takeover event", Duration::from_secs(10), || {
+        has_event(&c, "instance_rescheduled", "api")
+    });
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ha hot: taking over on standby {standby}")),
+        "{ev}"
+    );
+    // A new standby on the remaining node.
+    let next = c.wait_for("a new standby", Duration::from_secs(20), || {
+        let (_, v) = c.http("GET", "/v1/instances/api", None);
+        v["standby"]["node"]
+            .as_str()
+            .filter(|n| *n != standby && *n != "fo-t1")
+            .map(String::from)
+    });
+    assert!(next.starts_with("fo-t"));
+}
+
+#[test]
+fn a_hot_vm_fails_over_with_every_completed_write() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    let vm_node: &[&str] = &["--cpus", "1", "--memory", "1Gi", "--heartbeat-every", "0.3"];
+    c.add_node("fo-v1", vm_node);
+    let out = c.cli(&["image", "build", "tiny"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ud = dir.path().join("counter.sh");
+    // A counter on the raw disk: each value is written with fsync, then announced.
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\n\
+         n=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | tr -d '\\000' | sed -n 's/^count-\\([0-9][0-9]*\\).*/\\1/p')\n\
+         [ -n \"$n\" ] || n=0\n\
+         echo \"found $n\"\n\
+         i=$n\n\
+         while true; do\n\
+           i=$((i+1))\n\
+           printf 'count-%d\\n' $i | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null && echo \"wrote $i\"\n\
+           sleep 0.1\n\
+         done\n",
+    )
+    .unwrap();
+    let out = c.cli(&[
+        "instance",
+        "create",
+        "hot",
+        "--vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "128Mi",
+        "--disk-size",
+        "16Mi",
+        "--ha",
+        "hot",
+        "--user-data",
+        ud.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    running_on(&c, "hot", "fo-v1");
+    c.add_node("fo-v2", vm_node);
+    c.add_node("fo-v3", vm_node);
+    let standby = standby_node(&c, "hot");
+    c.wait_for("the replica in sync", Duration::from_secs(60), || {
+        has_event(&c, "standby_in_sync", "hot")
+    });
+    // Let the guest count for a while with the mirror on, then crash its node.
+    let console = c.nodes[0].data.join("instances/hot/output.log");
+    let last_wrote = |text: &str| -> u64 {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("wrote "))
+            .filter_map(|n| n.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    c.wait_for("the guest to count", Duration::from_secs(60), || {
+        (last_wrote(&std::fs::read_to_string(&console).unwrap_or_default()) >= 10).then_some(())
+    });
+    c.crash("fo-v1");
+    // Every value the guest saw completed before the crash is on the replica.
+    let acked = last_wrote(&std::fs::read_to_string(&console).unwrap_or_default());
+    running_on(&c, "hot", &standby);
+    let found: u64 = c.wait_for("the guest on the standby", Duration::from_secs(120), || {
+        let out = c.cli(&["instance", "console", "hot"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("found ").map(String::from))
+            .and_then(|n| n.trim().parse().ok())
+    });
+    assert!(
+        found >= acked,
+        "no completed write is lost: the guest wrote {acked} before the crash, the replica \
+         has {found}\n{:#?}",
+        events(&c)
+            .iter()
+            .filter(|e| e["object"] == "hot")
+            .map(|e| format!("{} {}", e["kind"], e["message"]))
+            .collect::<Vec<_>>()
+    );
+    let done = c.wait_for("failover_completed", Duration::from_secs(20), || {
+        has_event(&c, "failover_completed", "hot")
+    });
+    assert!(done["message"].as_str().unwrap().contains("RTO"), "{done}");
+    let moved = has_event(&c, "instance_rescheduled", "hot").unwrap();
+    assert!(
+        moved["message"]
+            .as_str()
+            .unwrap()
+            .contains("from its in-sync replica"),
+        "{moved}"
+    );
+    // A new standby on the third node is synchronised from the new primary.
+    let third = c.wait_for("a new standby", Duration::from_secs(30), || {
+        let (_, v) = c.http("GET", "/v1/instances/hot", None);
+        v["standby"]["node"]
+            .as_str()
+            .filter(|n| *n != standby && *n != "fo-v1")
+            .map(String::from)
+    });
+    c.wait_for("the new replica in sync", Duration::from_secs(60), || {
+        let (_, v) = c.http("GET", "/v1/instances/hot", None);
+        (v["standby"]["node"] == third.as_str() && v["standby"]["in_sync"] == true).then_some(())
+    });
+}

@@ -56,6 +56,29 @@ pub struct Fingerprint {
 /// process (and `$NIMBUS_INSTANCE_DATA`), what its backups hold and its restores unpack.
 pub const DATA_DIR: &str = "data";
 
+/// Where a VM's disk is mirrored to: an NBD export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorTarget {
+    pub host: String,
+    pub port: u16,
+    pub export: String,
+}
+
+impl std::str::FromStr for MirrorTarget {
+    type Err = String;
+    /// `host:port/export`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("mirror target {s:?} is not HOST:PORT/EXPORT");
+        let (addr, export) = s.split_once('/').ok_or_else(bad)?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        Ok(MirrorTarget {
+            host: host.to_string(),
+            port: port.parse().map_err(|_| bad())?,
+            export: export.to_string(),
+        })
+    }
+}
+
 /// Everything a driver needs to start one task.
 #[derive(Debug, Clone)]
 pub struct TaskConfig {
@@ -179,6 +202,30 @@ pub trait Driver: Send + Sync {
             "{} tasks cannot be resumed",
             self.name()
         )))
+    }
+    /// VMs: starts mirroring the disk synchronously to an NBD export (every guest write
+    /// completes only once the export has it, after an initial full copy).
+    fn start_mirror(&self, _handle: &TaskHandle, _to: &MirrorTarget) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "{} tasks have no disk to mirror",
+            self.name()
+        )))
+    }
+    /// VMs: whether the mirror is in sync (`Ok(false)` while the first copy runs; an
+    /// error when there is no mirror job, e.g. it failed).
+    fn mirror_in_sync(&self, _handle: &TaskHandle) -> Result<bool, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "{} tasks have no disk to mirror",
+            self.name()
+        )))
+    }
+    /// VMs: ends the mirror (the disk stays as it is).
+    fn stop_mirror(&self, _handle: &TaskHandle) -> Result<(), DriverError> {
+        Ok(())
+    }
+    /// VMs: the virtual size of the disk in bytes.
+    fn disk_bytes(&self, _handle: &TaskHandle) -> Option<u64> {
+        None
     }
     /// Whether the workload inside is ready (VMs: the guest finished booting), with the
     /// milliseconds it took from start. Processes are ready once they run.

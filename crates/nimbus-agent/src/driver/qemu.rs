@@ -24,8 +24,8 @@ use nimbus_api::instance::QEMU_OVERHEAD_MIB;
 use super::process::ProcessDriver;
 use super::qmp;
 use super::{
-    Driver, DriverError, Fingerprint, TaskConfig, TaskDetails, TaskHandle, TaskState, TaskStats,
-    VmBoot, LOG_FILE,
+    Driver, DriverError, Fingerprint, MirrorTarget, TaskConfig, TaskDetails, TaskHandle, TaskState,
+    TaskStats, VmBoot, LOG_FILE,
 };
 
 /// QEMU binary.
@@ -34,6 +34,12 @@ pub const QEMU: &str = "qemu-system-x86_64";
 pub const READY_MARKERS: [&str; 2] = ["nimbus-guest-ready", "Cloud-init v. "];
 /// How long a QMP exchange may take.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Drive id of the instance's disk (what a mirror copies).
+const DISK_ID: &str = "disk0";
+/// Block node of the mirror's NBD target, and the mirror job.
+const REPLICA_NODE: &str = "replica0";
+const MIRROR_JOB: &str = "mirror0";
 
 const KEY_ACCEL: &str = "accelerator";
 const KEY_ENDPOINTS: &str = "endpoints";
@@ -295,7 +301,11 @@ fn drive(path: &Path, format: &str, readonly: bool) -> [String; 2] {
         format!(
             "file={},if=virtio,format={format}{}",
             path.display(),
-            if readonly { ",readonly=on" } else { "" }
+            if readonly {
+                ",readonly=on".to_string()
+            } else {
+                format!(",id={DISK_ID}")
+            }
         ),
     ]
 }
@@ -525,6 +535,113 @@ impl Driver for QemuDriver {
                 message: format!("after cont the VM is {other}, not running"),
             }),
         }
+    }
+
+    fn start_mirror(&self, handle: &TaskHandle, to: &MirrorTarget) -> Result<(), DriverError> {
+        let sock = Self::qmp_sock(handle);
+        // A previous mirror (to an older standby) goes first.
+        let _ = self.stop_mirror(handle);
+        qmp::execute(
+            &sock,
+            QMP_TIMEOUT,
+            "blockdev-add",
+            serde_json::json!({
+                "driver": "nbd",
+                "node-name": REPLICA_NODE,
+                "server": { "type": "inet", "host": to.host, "port": to.port.to_string() },
+                "export": to.export,
+            }),
+        )?;
+        let started = qmp::execute(
+            &sock,
+            QMP_TIMEOUT,
+            "blockdev-mirror",
+            serde_json::json!({
+                "job-id": MIRROR_JOB,
+                "device": DISK_ID,
+                "target": REPLICA_NODE,
+                "sync": "full",
+                "copy-mode": "write-blocking",
+            }),
+        );
+        if let Err(e) = started {
+            let _ = qmp::execute(
+                &sock,
+                QMP_TIMEOUT,
+                "blockdev-del",
+                serde_json::json!({ "node-name": REPLICA_NODE }),
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn mirror_in_sync(&self, handle: &TaskHandle) -> Result<bool, DriverError> {
+        let sock = Self::qmp_sock(handle);
+        let jobs = qmp::execute(
+            &sock,
+            QMP_TIMEOUT,
+            "query-block-jobs",
+            serde_json::json!({}),
+        )?;
+        let job = jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|j| j.get("device").and_then(|d| d.as_str()) == Some(MIRROR_JOB))
+            .ok_or_else(|| DriverError::Qmp {
+                socket: sock.display().to_string(),
+                message: "the mirror job is gone (its target failed or it was cancelled)".into(),
+            })?;
+        Ok(job.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
+            && job.get("status").and_then(|s| s.as_str()) == Some("ready"))
+    }
+
+    fn stop_mirror(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        let sock = Self::qmp_sock(handle);
+        let _ = qmp::execute(
+            &sock,
+            QMP_TIMEOUT,
+            "block-job-cancel",
+            serde_json::json!({ "device": MIRROR_JOB, "force": true }),
+        );
+        // The job ends asynchronously; the target node can go once it has.
+        let deadline = std::time::Instant::now() + QMP_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            let jobs = qmp::execute(
+                &sock,
+                QMP_TIMEOUT,
+                "query-block-jobs",
+                serde_json::json!({}),
+            )?;
+            if !jobs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|j| j.get("device").and_then(|d| d.as_str()) == Some(MIRROR_JOB))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = qmp::execute(
+            &sock,
+            QMP_TIMEOUT,
+            "blockdev-del",
+            serde_json::json!({ "node-name": REPLICA_NODE }),
+        );
+        Ok(())
+    }
+
+    fn disk_bytes(&self, handle: &TaskHandle) -> Option<u64> {
+        let sock = Self::qmp_sock(handle);
+        let blocks = qmp::execute(&sock, QMP_TIMEOUT, "query-block", serde_json::json!({})).ok()?;
+        blocks
+            .as_array()?
+            .iter()
+            .find(|b| b.get("device").and_then(|d| d.as_str()) == Some(DISK_ID))?
+            .pointer("/inserted/image/virtual-size")?
+            .as_u64()
     }
 
     fn readiness(&self, handle: &TaskHandle) -> Option<u64> {

@@ -99,3 +99,55 @@ pub fn follow_events(
     }
     Ok(())
 }
+
+/// Runs one QMP command given as JSON (for commands whose typed arguments are unwieldy,
+/// such as `blockdev-add` of an NBD client) and returns its `return` value. Events
+/// arriving meanwhile are skipped; an `error` answer becomes a [`DriverError::Qmp`].
+pub fn execute(
+    socket: &Path,
+    timeout: Duration,
+    command: &str,
+    arguments: serde_json::Value,
+) -> Result<serde_json::Value, DriverError> {
+    use std::io::Write;
+    let stream =
+        UnixStream::connect(socket).map_err(|e| qmp_err(socket, format!("connect: {e}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| qmp_err(socket, e.to_string()))?;
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    // The greeting, then capabilities negotiation.
+    let mut greeting = String::new();
+    reader
+        .read_line(&mut greeting)
+        .map_err(|e| qmp_err(socket, format!("greeting: {e}")))?;
+    let mut answer = |msg: serde_json::Value| -> Result<serde_json::Value, DriverError> {
+        let mut line = serde_json::to_vec(&msg).map_err(|e| qmp_err(socket, e.to_string()))?;
+        line.push(b'\n');
+        writer
+            .write_all(&line)
+            .map_err(|e| qmp_err(socket, format!("send: {e}")))?;
+        loop {
+            let mut buf = String::new();
+            let n = reader
+                .read_line(&mut buf)
+                .map_err(|e| qmp_err(socket, format!("read: {e}")))?;
+            if n == 0 {
+                return Err(qmp_err(socket, "QEMU closed the connection"));
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&buf).map_err(|e| qmp_err(socket, e.to_string()))?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                let desc = e.get("desc").and_then(|d| d.as_str()).unwrap_or("error");
+                return Err(qmp_err(socket, format!("{command}: {desc}")));
+            }
+        }
+    };
+    answer(serde_json::json!({ "execute": "qmp_capabilities" }))?;
+    answer(serde_json::json!({ "execute": command, "arguments": arguments }))
+}

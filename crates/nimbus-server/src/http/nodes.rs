@@ -167,12 +167,13 @@ pub async fn assignments(
         c.get_node(&name)?;
         // Read the revision first: a change that lands during the read is seen next time.
         let index = c.store.revision()?;
-        let assignments = c.assignments(&name)?;
+        let (assignments, standbys) = c.assignments(&name)?;
         let images = c.replicas_for(&name)?;
         Ok(Assignments {
             index,
             assignments,
             images,
+            standbys,
         })
     })
     .await?;
