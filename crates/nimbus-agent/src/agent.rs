@@ -364,6 +364,9 @@ impl Agent {
         };
         rec.exit = None;
         rec.boot_ms = None;
+        // A new QEMU has no mirror job: set it up again (the standby is out of sync
+        // until the new mirror is).
+        rec.mirror = None;
         match driver.start(&cfg) {
             Ok(handle) => {
                 rec.handle = Some(handle);
@@ -893,19 +896,29 @@ impl Agent {
         }
     }
 
-    /// Builds the heartbeat from local tasks.
-    fn reports(&self) -> Heartbeat {
+    /// The heartbeat and the output to ship before it, read under one lock so that
+    /// a task's last output always goes before the report of its exit. While a long
+    /// reconcile step holds the tasks, the last heartbeat is sent again and output
+    /// waits: the node is never silent because it is busy.
+    fn heartbeat_parts(&self) -> (Heartbeat, Vec<(String, u64, u64, Vec<u8>)>) {
         let tasks = match self.tasks.try_lock() {
             Ok(t) => t,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
-                return self
+                let last = self
                     .last_heartbeat
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .clone()
+                    .clone();
+                return (last, vec![]);
             }
         };
+        let logs = self.pending_logs(&tasks);
+        (self.reports(&tasks), logs)
+    }
+
+    /// Builds the heartbeat from local tasks.
+    fn reports(&self, tasks: &BTreeMap<String, TaskRecord>) -> Heartbeat {
         let instances = tasks
             .values()
             .map(|rec| {
@@ -953,14 +966,11 @@ impl Agent {
     }
 
     /// New log bytes of each task: (name, generation, offset, bytes).
-    fn pending_logs(&self) -> Vec<(String, u64, u64, Vec<u8>)> {
+    fn pending_logs(
+        &self,
+        tasks: &BTreeMap<String, TaskRecord>,
+    ) -> Vec<(String, u64, u64, Vec<u8>)> {
         use std::io::{Read, Seek, SeekFrom};
-        // Output waits for the next heartbeat while a long reconcile step runs.
-        let tasks = match self.tasks.try_lock() {
-            Ok(t) => t,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return vec![],
-        };
         let mut out = Vec::new();
         for rec in tasks.values() {
             let path = instance_dir(&self.cfg.data_dir, &rec.name).join(LOG_FILE);
@@ -1181,9 +1191,7 @@ async fn heartbeat_loop(agent: Arc<Agent>, client: Arc<ServerClient>, reg: Regis
     loop {
         let _ = tokio::time::timeout(agent.cfg.heartbeat_every, agent.report_now.notified()).await;
         let a = agent.clone();
-        let Ok((hb, logs)) =
-            tokio::task::spawn_blocking(move || (a.reports(), a.pending_logs())).await
-        else {
+        let Ok((hb, logs)) = tokio::task::spawn_blocking(move || a.heartbeat_parts()).await else {
             continue;
         };
         // Output first, so a task's last words reach the server before its exit does.

@@ -92,7 +92,7 @@ pub struct ServerOptions {
     #[arg(long)]
     pub node_suspect_after: Option<f64>,
     /// Seconds a node back from down waits before it takes new instances (doubled each
-    /// time it goes down again within ten minutes).
+    /// time it goes down again within ten minutes; 0: no probation).
     #[arg(long, default_value_t = 5.0)]
     pub node_probation: f64,
 }

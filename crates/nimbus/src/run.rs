@@ -49,7 +49,12 @@ pub fn server_config(o: &ServerOptions, data_dir: &Path) -> Result<ServerConfig>
         liveness: nimbus_server::recovery::LivenessConfig {
             suspect_after,
             down_after,
-            probation: secs(o.node_probation, "--node-probation")?,
+            // 0 turns the probation off (benchmarks that crash nodes over and over).
+            probation: if o.node_probation == 0.0 {
+                Duration::ZERO
+            } else {
+                secs(o.node_probation, "--node-probation")?
+            },
         },
     })
 }
