@@ -73,6 +73,9 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A task that ran at least this long resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+/// New output of a task to ship: (name, generation, offset, bytes).
+type OutputChunk = (String, u64, u64, Vec<u8>);
+
 /// Wait between attempts to (re)start a failed disk mirror.
 const MIRROR_RETRY: Duration = Duration::from_secs(3);
 
@@ -900,7 +903,7 @@ impl Agent {
     /// a task's last output always goes before the report of its exit. While a long
     /// reconcile step holds the tasks, the last heartbeat is sent again and output
     /// waits: the node is never silent because it is busy.
-    fn heartbeat_parts(&self) -> (Heartbeat, Vec<(String, u64, u64, Vec<u8>)>) {
+    fn heartbeat_parts(&self) -> (Heartbeat, Vec<OutputChunk>) {
         let tasks = match self.tasks.try_lock() {
             Ok(t) => t,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
@@ -966,10 +969,7 @@ impl Agent {
     }
 
     /// New log bytes of each task: (name, generation, offset, bytes).
-    fn pending_logs(
-        &self,
-        tasks: &BTreeMap<String, TaskRecord>,
-    ) -> Vec<(String, u64, u64, Vec<u8>)> {
+    fn pending_logs(&self, tasks: &BTreeMap<String, TaskRecord>) -> Vec<OutputChunk> {
         use std::io::{Read, Seek, SeekFrom};
         let mut out = Vec::new();
         for rec in tasks.values() {
