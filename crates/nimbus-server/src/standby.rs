@@ -48,9 +48,13 @@ impl Cluster {
             let running = inst.state == InstanceState::Running && inst.node.is_some();
             match &inst.standby {
                 Some(s) => {
+                    // A draining node gives its standbys up too.
                     let stale = !running
                         || s.generation != inst.generation
-                        || matches!(state_of(&s.node), None | Some(NodeState::Down));
+                        || matches!(
+                            state_of(&s.node),
+                            None | Some(NodeState::Down | NodeState::Draining)
+                        );
                     // A node going down takes the standby with it; the primary's own
                     // move (recovery) is what uses the standby, so only drop it here
                     // when the primary is not being recovered from its node.
