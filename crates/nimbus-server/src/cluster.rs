@@ -415,12 +415,7 @@ impl Cluster {
             if inst.home_node().is_none() {
                 inst.node = None;
             }
-            inst.pid = None;
-            inst.exit_code = None;
-            inst.will_restart = false;
-            inst.guest_ready = false;
-            inst.boot_ms = None;
-            inst.endpoints.clear();
+            inst.clear_observed();
             inst.reason = Some("waiting for the scheduler".into());
             inst.queued_at_ms = now_ms();
             Ok(true)

@@ -385,13 +385,7 @@ impl Cluster {
             i.state = InstanceState::Pending;
             i.desired = DesiredState::Running;
             i.node = None;
-            i.pid = None;
-            i.exit_code = None;
-            i.will_restart = false;
-            i.guest_ready = false;
-            i.boot_ms = None;
-            i.endpoints.clear();
-            i.accelerator = None;
+            i.clear_observed();
             i.queued_at_ms = now_ms();
             i.reason = Some(format!("node {node} {why}: placing again"));
             i.recovery = Some(recovery.clone());

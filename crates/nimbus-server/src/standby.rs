@@ -237,12 +237,7 @@ impl Cluster {
             i.node = Some(s.node.clone());
             i.generation += 1;
             i.standby = None;
-            i.pid = None;
-            i.exit_code = None;
-            i.will_restart = false;
-            i.guest_ready = false;
-            i.boot_ms = None;
-            i.endpoints.clear();
+            i.clear_observed();
             i.reason = Some(format!(
                 "node {node} is down: taking over on standby {}",
                 s.node

@@ -163,17 +163,7 @@ fn backup_of_a_running_vm_restores_and_boots_with_its_data() {
     let c = TestCluster::up("t-backup", &[]);
     assert!(c.cli(&["image", "build", "tiny"]).status.success());
     let dir = tempfile::tempdir().unwrap();
-    let ud = dir.path().join("disk.sh");
-    // First boot writes a marker to the data disk; every boot serves what is there.
-    std::fs::write(
-        &ud,
-        "#!/bin/sh\n\
-         if ! dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | grep -q persisted; then\n\
-           echo \"persisted-$RANDOM-$RANDOM\" | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null\n\
-         fi\n\
-         dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000' > /www/disk.txt\n",
-    )
-    .unwrap();
+    let ud = disk_marker_user_data(dir.path());
     let out = c.cli(&[
         "instance",
         "create",
@@ -240,6 +230,22 @@ fn backup_of_a_running_vm_restores_and_boots_with_its_data() {
     assert_eq!(pruned.as_array().unwrap().len(), 1);
     let list = c.cli_json(&["backup", "list", "db"]);
     assert_eq!(list[0]["name"], "two");
+}
+
+/// User-data whose first boot writes a random marker to the data disk; every boot
+/// serves what the disk holds at /disk.txt.
+fn disk_marker_user_data(dir: &std::path::Path) -> std::path::PathBuf {
+    let ud = dir.join("disk.sh");
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\n\
+         if ! dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | grep -q persisted; then\n\
+           echo \"persisted-$RANDOM-$RANDOM\" | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null\n\
+         fi\n\
+         dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000' > /www/disk.txt\n",
+    )
+    .unwrap();
+    ud
 }
 
 fn wait_ready(c: &TestCluster, name: &str) -> Value {
@@ -439,17 +445,7 @@ fn draining_a_node_moves_a_vm_with_its_disk() {
     let mut c = TestCluster::up("t-vdrain-a", &[]);
     assert!(c.cli(&["image", "build", "tiny"]).status.success());
     let dir = tempfile::tempdir().unwrap();
-    let ud = dir.path().join("disk.sh");
-    // First boot writes a marker to the data disk; every boot serves what is there.
-    std::fs::write(
-        &ud,
-        "#!/bin/sh\n\
-         if ! dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | grep -q persisted; then\n\
-           echo \"persisted-$RANDOM-$RANDOM\" | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null\n\
-         fi\n\
-         dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000' > /www/disk.txt\n",
-    )
-    .unwrap();
+    let ud = disk_marker_user_data(dir.path());
     let out = c.cli(&[
         "instance",
         "create",

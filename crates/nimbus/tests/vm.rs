@@ -114,7 +114,7 @@ fn vm_boots_serves_pauses_resumes_and_stops_gracefully() {
     let node = c.cli_json(&["node", "show", "t-vm"]);
     assert_eq!(
         node[0]["allocated"]["memory_mib"],
-        256 + 64,
+        256 + 128,
         "guest memory + QEMU overhead"
     );
 

@@ -295,6 +295,17 @@ impl QemuDriver {
     }
 }
 
+/// The VM's mirror job as `query-block-jobs` describes it, if there is one.
+fn mirror_job(sock: &Path) -> Result<Option<serde_json::Value>, DriverError> {
+    let jobs = qmp::execute(sock, QMP_TIMEOUT, "query-block-jobs", serde_json::json!({}))?;
+    Ok(jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|j| j.get("device").and_then(|d| d.as_str()) == Some(MIRROR_JOB))
+        .cloned())
+}
+
 fn drive(path: &Path, format: &str, readonly: bool) -> [String; 2] {
     [
         "-drive".into(),
@@ -578,21 +589,10 @@ impl Driver for QemuDriver {
 
     fn mirror_in_sync(&self, handle: &TaskHandle) -> Result<bool, DriverError> {
         let sock = Self::qmp_sock(handle);
-        let jobs = qmp::execute(
-            &sock,
-            QMP_TIMEOUT,
-            "query-block-jobs",
-            serde_json::json!({}),
-        )?;
-        let job = jobs
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|j| j.get("device").and_then(|d| d.as_str()) == Some(MIRROR_JOB))
-            .ok_or_else(|| DriverError::Qmp {
-                socket: sock.display().to_string(),
-                message: "the mirror job is gone (its target failed or it was cancelled)".into(),
-            })?;
+        let job = mirror_job(&sock)?.ok_or_else(|| DriverError::Qmp {
+            socket: sock.display().to_string(),
+            message: "the mirror job is gone (its target failed or it was cancelled)".into(),
+        })?;
         Ok(job.get("ready").and_then(|r| r.as_bool()).unwrap_or(false)
             && job.get("status").and_then(|s| s.as_str()) == Some("ready"))
     }
@@ -607,21 +607,7 @@ impl Driver for QemuDriver {
         );
         // The job ends asynchronously; the target node can go once it has.
         let deadline = std::time::Instant::now() + QMP_TIMEOUT;
-        while std::time::Instant::now() < deadline {
-            let jobs = qmp::execute(
-                &sock,
-                QMP_TIMEOUT,
-                "query-block-jobs",
-                serde_json::json!({}),
-            )?;
-            if !jobs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|j| j.get("device").and_then(|d| d.as_str()) == Some(MIRROR_JOB))
-            {
-                break;
-            }
+        while std::time::Instant::now() < deadline && mirror_job(&sock)?.is_some() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = qmp::execute(

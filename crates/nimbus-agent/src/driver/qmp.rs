@@ -15,6 +15,17 @@ fn qmp_err(socket: &Path, message: impl Into<String>) -> DriverError {
     }
 }
 
+/// Connects to the socket with read and write timeouts.
+fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, DriverError> {
+    let stream =
+        UnixStream::connect(socket).map_err(|e| qmp_err(socket, format!("connect: {e}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| qmp_err(socket, e.to_string()))?;
+    Ok(stream)
+}
+
 /// Connects, negotiates capabilities, and runs `f` with the session.
 fn with_session<T>(
     socket: &Path,
@@ -23,12 +34,7 @@ fn with_session<T>(
         &mut qapi::Qmp<qapi::Stream<BufReader<&UnixStream>, &UnixStream>>,
     ) -> std::io::Result<T>,
 ) -> Result<T, DriverError> {
-    let stream =
-        UnixStream::connect(socket).map_err(|e| qmp_err(socket, format!("connect: {e}")))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| qmp_err(socket, e.to_string()))?;
+    let stream = connect(socket, timeout)?;
     let mut qmp = qapi::Qmp::from_stream(&stream);
     qmp.handshake()
         .map_err(|e| qmp_err(socket, format!("handshake: {e}")))?;
@@ -110,12 +116,7 @@ pub fn execute(
     arguments: serde_json::Value,
 ) -> Result<serde_json::Value, DriverError> {
     use std::io::Write;
-    let stream =
-        UnixStream::connect(socket).map_err(|e| qmp_err(socket, format!("connect: {e}")))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| qmp_err(socket, e.to_string()))?;
+    let stream = connect(socket, timeout)?;
     let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
     // The greeting, then capabilities negotiation.
