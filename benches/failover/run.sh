@@ -33,11 +33,13 @@
 # /proc/uptime (10 ms resolution; busybox dd prints no timing); reported: MB/s and
 # the mean time per write.
 #
-# Environment: N=10 (runs per kind), KINDS="process cold-vm hot-vm", DD_COUNT=500,
+# Environment: N=10 (runs per kind; N_VM for the VM kinds, default N), KINDS="process
+# cold-vm hot-vm", DD_COUNT=500,
 # DD_ROUNDS=5, NIMBUS=target/release/nimbus, KEEP_WORK=1 keeps the scratch directory.
 set -euo pipefail
 
 N=${N:-10}
+N_VM=${N_VM:-$N}
 KINDS=${KINDS:-"process cold-vm hot-vm"}
 DD_COUNT=${DD_COUNT:-500}
 DD_ROUNDS=${DD_ROUNDS:-5}
@@ -195,6 +197,7 @@ run_one() { # run_one KIND I
     wait_for 180 sh -c "curl -sf $URL/v1/instances/$name | jq -e '.guest_ready==true' >/dev/null"
     ready=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN{printf "%.2f", (a-b)/1000}')
     local found
+    wait_for 60 sh -c "\"$NIMBUS\" instance console $name | grep -aq 'found [0-9]'"
     found=$("$NIMBUS" instance console "$name" | grep -ao 'found [0-9]*' | tail -1 | awk '{print $2}')
     lost=$(( ${acked:-0} > ${found:-0} ? ${acked:-0} - ${found:-0} : 0 ))
   fi
@@ -206,13 +209,14 @@ run_one() { # run_one KIND I
     "$(awk -v a="$t_done" -v b="$t0" 'BEGIN{print (a-b)/1000}')" \
     "${ready:--}" "${lost:--}" "${age:--}" | tee -a "$RESULTS" >&2
   start_agent "$node"
-  wait_for 60 node_is "$node" ready
+  # The instance goes in the background; the next run starts once the node is back.
   "$NIMBUS" instance delete "$name" >/dev/null
-  wait_for 60 sh -c "! curl -sf $URL/v1/instances/$name >/dev/null"
+  wait_for 60 node_is "$node" ready
 }
 
 for kind in $KINDS; do
-  for i in $(seq 1 "$N"); do run_one "$kind" "$i"; done
+  runs=$N; [ "$kind" = process ] || runs=$N_VM
+  for i in $(seq 1 "$runs"); do run_one "$kind" "$i"; done
 done
 
 # --- mirror cost ----------------------------------------------------------------

@@ -66,6 +66,8 @@ pub enum AgentError {
     NoDriver(String),
     #[error("opening the node's chunk store: {0}")]
     ChunkStore(String),
+    #[error("{0}")]
+    Thread(String),
 }
 
 /// First restart waits this long; each consecutive failure doubles it.
@@ -177,6 +179,8 @@ struct Agent {
     /// Replicas this node serves as a hot standby, and the ones the server wants.
     replicas: crate::replica::Replicas,
     standbys_wanted: Mutex<Vec<nimbus_api::StandbyAssignment>>,
+    /// Results of the tasks' health checks.
+    health: crate::health::Health,
 }
 
 fn tasks_dir(data_dir: &Path) -> PathBuf {
@@ -740,7 +744,27 @@ impl Agent {
                     } else if let Some(h) = rec.handle.clone() {
                         if let Some(d) = self.driver_for(&rec.spec) {
                             match d.status(&h) {
-                                Ok(TaskState::Running) => {}
+                                Ok(TaskState::Running) => {
+                                    let threshold =
+                                        rec.spec.health_check.as_ref().map(|c| c.failures);
+                                    let unhealthy = threshold.and_then(|t| {
+                                        self.health.unhealthy(&rec.name, rec.generation, t)
+                                    });
+                                    if let Some(why) = unhealthy {
+                                        tracing::warn!(task = %rec.name, reason = %why, "unhealthy: stopping");
+                                        if let Err(e) = d.stop(&h, self.cfg.stop_grace) {
+                                            tracing::warn!(task = %rec.name, error = %e, "stop failed");
+                                        }
+                                        self.health.forget(&rec.name);
+                                        let exit = ExitStatus {
+                                            code: None,
+                                            signal: None,
+                                            oom_killed: false,
+                                            reason: why,
+                                        };
+                                        self.on_exit(rec, exit);
+                                    }
+                                }
                                 Ok(TaskState::Exited(exit)) => self.on_exit(rec, exit),
                                 Err(e) => {
                                     tracing::warn!(task = %rec.name, error = %e, "status failed")
@@ -897,6 +921,39 @@ impl Agent {
                 Err(e) => tracing::warn!(image = %img.name, error = %e, "replication failed"),
             }
         }
+    }
+
+    /// The running tasks whose health checks are due to count: started longer ago than
+    /// their grace period (VMs: and their guest is ready). Empty while a long reconcile
+    /// step holds the tasks.
+    fn health_targets(&self) -> Vec<crate::health::Target> {
+        let Ok(tasks) = self.tasks.try_lock() else {
+            return vec![];
+        };
+        tasks
+            .values()
+            .filter(|r| r.state == InstanceState::Running && r.handle.is_some())
+            .filter_map(|r| {
+                let check = r.spec.health_check.clone()?;
+                let grace = Duration::from_secs(check.grace_secs);
+                if r.started.is_none_or(|s| s.elapsed() < grace) {
+                    return None;
+                }
+                let port = match r.spec.kind {
+                    nimbus_api::InstanceKind::Process => check.port,
+                    nimbus_api::InstanceKind::Vm => {
+                        r.boot_ms?;
+                        r.ports.iter().find(|(_, g)| *g == check.port)?.0
+                    }
+                };
+                Some(crate::health::Target {
+                    name: r.name.clone(),
+                    generation: r.generation,
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    check,
+                })
+            })
+            .collect()
     }
 
     /// The heartbeat and the output to ship before it, read under one lock so that
@@ -1113,7 +1170,20 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }),
         replicas: crate::replica::Replicas::new(&cfg.data_dir, &address),
         standbys_wanted: Mutex::new(Vec::new()),
+        health: crate::health::Health::default(),
     });
+    {
+        // Probes run on their own thread: a slow service never holds up the reconciler.
+        let a = agent.clone();
+        std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(250));
+                let targets = a.health_targets();
+                a.health.probe_due(&targets);
+            })
+            .map_err(|e| AgentError::Thread(format!("starting the health checker: {e}")))?;
+    }
     {
         let a = agent.clone();
         let _ = tokio::task::spawn_blocking(move || a.recover()).await;

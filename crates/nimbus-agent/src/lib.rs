@@ -13,6 +13,7 @@ pub mod agent;
 pub mod capacity;
 pub mod client;
 pub mod driver;
+pub mod health;
 pub mod replica;
 pub mod shim;
 pub mod store;

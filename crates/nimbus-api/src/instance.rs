@@ -104,6 +104,101 @@ impl std::str::FromStr for HaPolicy {
     }
 }
 
+/// A probe of an instance's service. Failing `failures` times in a row counts as the
+/// instance failing: its node stops it and its restart policy applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// A process's port on its node, or a VM's guest port (one it forwards).
+    pub port: u16,
+    /// HTTP: the path to GET (default `/`); any 2xx or 3xx answer is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Seconds between probes.
+    #[serde(default = "HealthCheck::default_interval")]
+    pub interval_secs: u64,
+    /// Consecutive failed probes that make the instance unhealthy.
+    #[serde(default = "HealthCheck::default_failures")]
+    pub failures: u32,
+    /// Seconds after a start before failed probes count (VMs: and the guest is ready).
+    #[serde(default = "HealthCheck::default_grace")]
+    pub grace_secs: u64,
+}
+
+/// How a health check probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP/1.1 GET answers 2xx or 3xx.
+    Http,
+}
+
+impl HealthCheck {
+    fn default_interval() -> u64 {
+        2
+    }
+    fn default_failures() -> u32 {
+        3
+    }
+    fn default_grace() -> u64 {
+        10
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.port == 0 {
+            return Err("health check port must be between 1 and 65535".into());
+        }
+        if self.interval_secs == 0 || self.interval_secs > 3600 {
+            return Err("health check interval must be 1 to 3600 seconds".into());
+        }
+        if self.failures == 0 || self.failures > 100 {
+            return Err("health check failures must be 1 to 100".into());
+        }
+        if let Some(p) = &self.path {
+            if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "health check path {p:?} must start with / and have no spaces"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for HealthCheck {
+    type Err = String;
+    /// `tcp:PORT` or `http:PORT[/PATH]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("health check {s:?} is invalid: use tcp:PORT or http:PORT/PATH");
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        let kind = match kind {
+            "tcp" => HealthCheckKind::Tcp,
+            "http" => HealthCheckKind::Http,
+            _ => return Err(bad()),
+        };
+        let (port, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+            None => (rest, None),
+        };
+        if kind == HealthCheckKind::Tcp && path.is_some() {
+            return Err(bad());
+        }
+        let check = HealthCheck {
+            kind,
+            port: port.parse().map_err(|_| bad())?,
+            path,
+            interval_secs: Self::default_interval(),
+            failures: Self::default_failures(),
+            grace_secs: Self::default_grace(),
+        };
+        check.validate()?;
+        Ok(check)
+    }
+}
+
 /// Shortest accepted interval between automatic backups.
 pub const MIN_BACKUP_EVERY_SECS: u64 = 5;
 
@@ -170,6 +265,9 @@ pub struct InstanceSpec {
     /// [`AUTO_BACKUPS_KEPT`] automatic backups are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_every_secs: Option<u64>,
+    /// A probe of the instance's service, run by its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 /// How many automatic (`--backup-every`) backups of an instance are kept.
@@ -226,6 +324,16 @@ impl InstanceSpec {
 
     /// Checks the spec for values that can never work, with a message a person can act on.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(h) = &self.health_check {
+            h.validate()?;
+            if self.kind == InstanceKind::Vm && !self.ports.iter().any(|p| p.guest == h.port) {
+                return Err(format!(
+                    "the health check probes guest port {}, which the VM does not forward: add \
+                     --port {}",
+                    h.port, h.port
+                ));
+            }
+        }
         if let Some(s) = self.backup_every_secs {
             if s < MIN_BACKUP_EVERY_SECS {
                 return Err(format!(

@@ -24,8 +24,9 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 pub use event::{Event, EventList};
 pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage, ReplicateImage};
 pub use instance::{
-    CreateInstance, DesiredState, HaPolicy, Instance, InstanceKind, InstanceList, InstanceSpec,
-    InstanceState, MoveCause, PortSpec, Recovery, RestartPolicy, Standby, TransitionError,
+    CreateInstance, DesiredState, HaPolicy, HealthCheck, HealthCheckKind, Instance, InstanceKind,
+    InstanceList, InstanceSpec, InstanceState, MoveCause, PortSpec, Recovery, RestartPolicy,
+    Standby, TransitionError,
 };
 pub use node::{
     Assignment, Assignments, Heartbeat, InstanceReport, MirrorReport, Node, NodeList, NodeState,

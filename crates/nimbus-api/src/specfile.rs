@@ -81,6 +81,9 @@ pub struct InstanceEntry {
     /// `"30s"`, `"5m"`.
     #[serde(default)]
     pub backup_every: Option<String>,
+    /// `"tcp:8080"`, `"http:8080/healthz"`.
+    #[serde(default)]
+    pub health_check: Option<String>,
 }
 
 impl InstanceEntry {
@@ -123,6 +126,12 @@ impl InstanceEntry {
                     .backup_every
                     .as_deref()
                     .map(crate::units::parse_duration_secs)
+                    .transpose()
+                    .map_err(ctx)?,
+                health_check: self
+                    .health_check
+                    .as_deref()
+                    .map(str::parse)
                     .transpose()
                     .map_err(ctx)?,
             },

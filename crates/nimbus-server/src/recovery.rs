@@ -654,6 +654,8 @@ fn backup_pass(cluster: &Cluster) -> Result<()> {
         .all_instances()?
         .into_iter()
         .filter(|i| i.spec.backup_every_secs.is_some() && i.state == InstanceState::Running)
+        // A VM is backed up through QMP: wait until its guest is up.
+        .filter(|i| i.kind == InstanceKind::Process || i.guest_ready)
         .collect();
     if wanted.is_empty() {
         return Ok(());

@@ -256,6 +256,10 @@ pub struct CreateArgs {
     /// automatic backups are kept).
     #[arg(long)]
     pub backup_every: Option<String>,
+    /// Probe the service: tcp:PORT or http:PORT/PATH (a VM's guest port); 3 failures
+    /// in a row (2 s apart, after 10 s of grace) count as a crash for --restart.
+    #[arg(long)]
+    pub health_check: Option<nimbus_api::HealthCheck>,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,

@@ -155,6 +155,7 @@ fn create_request(a: &CreateArgs) -> Result<CreateInstance> {
                 .map(nimbus_api::units::parse_duration_secs)
                 .transpose()
                 .map_err(|e| anyhow!("--backup-every: {e}"))?,
+            health_check: a.health_check.clone(),
         },
     })
 }

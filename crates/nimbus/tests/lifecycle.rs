@@ -232,3 +232,86 @@ fn metrics_expose_instances_nodes_and_latencies() {
         "{body}"
     );
 }
+
+#[test]
+fn a_failing_health_check_restarts_the_instance() {
+    let c = TestCluster::up("t-health", &[]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let body = serde_json::json!({
+        "name": "hc",
+        "spec": {
+            "command": ["python3", "-m", "http.server", port.to_string(), "--bind", "127.0.0.1"],
+            "cpu_millis": 200,
+            "memory_mib": 64,
+            "restart": "on-failure",
+            "health_check": {
+                "kind": "http", "port": port, "path": "/",
+                "interval_secs": 1, "failures": 2, "grace_secs": 1
+            }
+        }
+    });
+    let (code, v) = c.http("POST", "/v1/instances", Some(&body.to_string()));
+    assert_eq!(code, 201, "{v}");
+    let first = c.wait_state("hc", "running");
+    // Healthy: it keeps running.
+    std::thread::sleep(Duration::from_secs(4));
+    let still = c.instance("hc");
+    assert_eq!(still["restarts"], 0, "{still}");
+    assert_eq!(still["pid"], first["pid"]);
+
+    // Frozen, it still holds its port but answers nothing: unhealthy, then restarted.
+    let pid = first["pid"].as_u64().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let again = c.wait_for(
+        "a restart after failed probes",
+        Duration::from_secs(40),
+        || {
+            let v = c.instance("hc");
+            (v["restarts"].as_u64().unwrap_or(0) >= 1 && v["state"] == "running").then_some(v)
+        },
+    );
+    assert_ne!(again["pid"], first["pid"]);
+    let (_, ev) = c.http("GET", "/v1/events?limit=1000", None);
+    assert!(
+        ev["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["object"] == "hc"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("health check failed")),
+        "{ev}"
+    );
+
+    // Bad input: a malformed probe, a VM probing a port it does not forward.
+    let out = c.cli(&[
+        "instance",
+        "create",
+        "x",
+        "--health-check",
+        "udp:53",
+        "--",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tcp:PORT or http:PORT/PATH"));
+    let out = c.cli(&[
+        "instance",
+        "create",
+        "v",
+        "--vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "64Mi",
+        "--health-check",
+        "tcp:22",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not forward"));
+}
