@@ -164,6 +164,9 @@ fn liveness_pass(cluster: &Cluster, started: Instant) -> Result<()> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    // Mark every node first, recover after: nodes lost together are all known to be
+    // down before anything is moved (a hot standby on one of them is not used).
+    let mut down = Vec::new();
     for node in cluster.all_nodes_with(&[])? {
         // A node never heard from by this process gets a full timeout from start-up.
         let silent = seen.get(&node.name).copied().unwrap_or(started).elapsed();
@@ -194,8 +197,11 @@ fn liveness_pass(cluster: &Cluster, started: Instant) -> Result<()> {
             s => s,
         };
         if state == NodeState::Down {
-            cluster.recover_node(&node.name, failed_at_ms)?;
+            down.push((node.name, failed_at_ms));
         }
+    }
+    for (node, failed_at_ms) in down {
+        cluster.recover_node(&node, failed_at_ms)?;
     }
     Ok(())
 }

@@ -498,3 +498,58 @@ fn a_hot_vm_fails_over_with_every_completed_write() {
         (v["standby"]["node"] == third.as_str() && v["standby"]["in_sync"] == true).then_some(())
     });
 }
+
+#[test]
+fn a_standby_lost_first_is_replaced_and_two_nodes_lost_at_once_fall_back() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    c.add_node("fo-w1", NODE);
+    create(&c, "api", &["--ha", "hot"], "exec sleep 100000");
+    running_on(&c, "api", "fo-w1");
+    c.add_node("fo-w2", NODE);
+    c.add_node("fo-w3", NODE);
+    c.add_node("fo-w4", NODE);
+    let first = standby_node(&c, "api");
+
+    // The standby's node dies first: the instance stays, and gets a new standby.
+    c.crash(&first);
+    c.wait_node(&first, "down", Duration::from_secs(15));
+    let second = c.wait_for("a replacement standby", Duration::from_secs(20), || {
+        let (_, v) = c.http("GET", "/v1/instances/api", None);
+        v["standby"]["node"]
+            .as_str()
+            .filter(|n| *n != first)
+            .map(String::from)
+    });
+    assert_eq!(
+        c.instance("api")["node"],
+        "fo-w1",
+        "the primary did not move"
+    );
+    assert!(has_event(&c, "standby_released", "api").is_some());
+
+    // Primary and standby lost at once: no takeover is possible (or, if the standby's
+    // node is declared down a moment later, one that fails over again); it ends on
+    // the node left, and the event says why.
+    c.crash("fo-w1");
+    c.crash(&second);
+    let left: Vec<String> = ["fo-w2", "fo-w3", "fo-w4"]
+        .into_iter()
+        .filter(|n| *n != first && *n != second)
+        .map(String::from)
+        .collect();
+    assert_eq!(left.len(), 1);
+    running_on(&c, "api", &left[0]);
+    let ev = events(&c)
+        .into_iter()
+        .find(|e| {
+            e["kind"] == "instance_rescheduled"
+                && e["object"] == "api"
+                && e["message"].as_str().unwrap_or("").contains("no takeover")
+        })
+        .expect("a fallback event");
+    assert!(
+        ev["message"].as_str().unwrap().contains("starting fresh"),
+        "{ev}"
+    );
+}
