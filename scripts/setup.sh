@@ -32,13 +32,15 @@ command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
 # VMs: QEMU and qemu-img, an ISO tool for cloud-init seeds, cpio for the tiny image.
 missing=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
-command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)   # also qemu-nbd (hot standbys)
+# Multi-node tests give each agent its own network namespace.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v genisoimage >/dev/null 2>&1 || missing+=(genisoimage)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 # Installing Debian's QEMU can remove a newer qemu-utils from backports: check again.
 command -v qemu-img >/dev/null 2>&1 || apt_install qemu-utils
-for t in qemu-system-x86_64 qemu-img genisoimage cpio; do
+for t in qemu-system-x86_64 qemu-img qemu-nbd genisoimage cpio ip; do
   command -v "$t" >/dev/null 2>&1 || fail "$t is still missing after installing packages"
 done
 
