@@ -145,6 +145,9 @@ struct TaskRecord {
     mirror: Option<nimbus_api::MirrorReport>,
     #[serde(skip)]
     mirror_retry_at: Option<Instant>,
+    /// Failed looks at the mirror in a row (one QMP timeout is not a lost mirror).
+    #[serde(skip)]
+    mirror_errors: u32,
     /// Backups of this placement already made and reported.
     #[serde(default)]
     backups_done: Vec<String>,
@@ -441,6 +444,7 @@ impl Agent {
             disk_bytes: None,
             mirror: None,
             mirror_retry_at: None,
+            mirror_errors: 0,
             restart_at: None,
             started: None,
         }
@@ -448,17 +452,8 @@ impl Agent {
 
     /// Fetches the VM's image into the node's cache and reserves its host ports.
     fn prepare_vm(&self, rec: &mut TaskRecord) -> Result<VmConfig, String> {
-        let image = rec
-            .image
-            .clone()
-            .ok_or_else(|| format!("image {:?} is not known to the server", rec.spec.image))?;
-        if image.kind == nimbus_api::ImageKind::Archive {
-            return Err(format!(
-                "image {} is an archive for a process's data directory, not a bootable image",
-                image.name
-            ));
-        }
-        // A hot VM taking over here boots from the replica this node kept in sync.
+        // A hot VM taking over here boots from the replica this node kept in sync;
+        // taken first, so that nothing below can leave it where it would be removed.
         let replica = if rec.boot_from_replica {
             let dest = instance_dir(&self.cfg.data_dir, &rec.name).join("replica.raw");
             if dest.exists() {
@@ -473,6 +468,16 @@ impl Agent {
         } else {
             None
         };
+        let image = rec
+            .image
+            .clone()
+            .ok_or_else(|| format!("image {:?} is not known to the server", rec.spec.image))?;
+        if image.kind == nimbus_api::ImageKind::Archive {
+            return Err(format!(
+                "image {} is an archive for a process's data directory, not a bootable image",
+                image.name
+            ));
+        }
         let dir = self.cfg.data_dir.join("images").join(&image.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         if image.kind == nimbus_api::ImageKind::Disk {
@@ -628,11 +633,14 @@ impl Agent {
         if same && !failed {
             match d.mirror_in_sync(&h) {
                 Ok(in_sync) => {
+                    rec.mirror_errors = 0;
                     if let Some(m) = rec.mirror.as_mut() {
                         m.in_sync = in_sync;
                     }
                 }
+                Err(_) if rec.mirror_errors < 2 => rec.mirror_errors += 1,
                 Err(e) => {
+                    rec.mirror_errors = 0;
                     tracing::warn!(task = %rec.name, error = %e, "mirror lost");
                     rec.mirror = Some(nimbus_api::MirrorReport {
                         endpoint: to.to_string(),
@@ -802,8 +810,9 @@ impl Agent {
             }
             if let Some(rec) = tasks.get_mut(&a.name) {
                 for b in &a.backups {
-                    if !rec.backups_done.contains(b) {
-                        self.make_backup(rec, b);
+                    // Done once the server has the report; otherwise the next pass
+                    // tries again (the copy costs little: unchanged chunks are kept).
+                    if !rec.backups_done.contains(b) && self.make_backup(rec, b) {
                         rec.backups_done.push(b.clone());
                         self.persist(rec);
                     }
@@ -831,8 +840,8 @@ impl Agent {
     }
 
     /// Backs up an instance's disk (VMs) or data directory (processes) and reports the
-    /// outcome to the server.
-    fn make_backup(&self, rec: &mut TaskRecord, name: &str) {
+    /// outcome to the server; false when the report did not reach it.
+    fn make_backup(&self, rec: &mut TaskRecord, name: &str) -> bool {
         let dir = instance_dir(&self.cfg.data_dir, &rec.name);
         let running = rec.handle.is_some() && rec.state == InstanceState::Running;
         let driver = self.driver_for(&rec.spec);
@@ -881,8 +890,17 @@ impl Agent {
             tracing::warn!(instance = %rec.name, backup = %name, error = %e, "backup failed");
         }
         let path = format!("/v1/nodes/{}/backups/{}/{name}", self.cfg.name, rec.name);
-        if let Err(e) = self.rt.block_on(self.client.post_json(&path, &body)) {
-            tracing::warn!(instance = %rec.name, backup = %name, error = %e, "backup report failed");
+        match self.rt.block_on(self.client.post_json(&path, &body)) {
+            Ok(_) => true,
+            // The server answered: retrying would get the same answer.
+            Err(e @ crate::client::ClientError::Api { .. }) => {
+                tracing::warn!(instance = %rec.name, backup = %name, error = %e, "backup report refused");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(instance = %rec.name, backup = %name, error = %e, "backup report failed; will retry");
+                false
+            }
         }
     }
 

@@ -17,6 +17,7 @@ const PORTS: std::ops::Range<u16> = 30000..40000;
 struct Served {
     generation: u64,
     port: u16,
+    export: String,
     file: PathBuf,
     child: Child,
 }
@@ -85,11 +86,29 @@ impl Replicas {
     fn serve(&self, w: &StandbyAssignment) -> Result<Served, String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let file = self.dir.join(format!("{}.raw", w.instance));
-        // Every generation starts from an empty (sparse) file: the mirror copies all.
-        let f = std::fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        f.set_len(w.disk_bytes)
+        // Never truncated: an export started again (qemu-nbd died, the agent restarted)
+        // keeps what the replica holds. Each start has its own export name, so the
+        // server sees a new endpoint, marks the standby out of sync, and the primary
+        // copies everything again (`sync: full`) before it is in sync once more.
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&file)
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        if f.metadata().map(|m| m.len()).unwrap_or(0) != w.disk_bytes {
+            f.set_len(w.disk_bytes)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+        }
         drop(f);
+        let export = format!(
+            "{}.{}",
+            w.instance,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        );
         let port = PORTS
             .clone()
             .find(|p| std::net::TcpListener::bind((self.address.as_str(), *p)).is_ok())
@@ -101,7 +120,7 @@ impl Replicas {
                 "--format=raw",
                 "--cache=writethrough",
             ])
-            .arg(format!("--export-name={}", w.instance))
+            .arg(format!("--export-name={export}"))
             .arg(format!("--bind={}", self.address))
             .arg(format!("--port={port}"))
             .arg(&file)
@@ -113,6 +132,7 @@ impl Replicas {
         Ok(Served {
             generation: w.generation,
             port,
+            export,
             file,
             child,
         })
@@ -125,7 +145,7 @@ impl Replicas {
             .map(|(name, s)| StandbyReport {
                 instance: name.clone(),
                 generation: s.generation,
-                endpoint: format!("{}:{}/{name}", self.address, s.port),
+                endpoint: format!("{}:{}/{}", self.address, s.port, s.export),
             })
             .collect()
     }

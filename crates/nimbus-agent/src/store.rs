@@ -98,8 +98,12 @@ impl NodeStore {
         }
         let tmp = data.with_file_name(format!("backup-{name}.tar"));
         let _ = std::fs::remove_file(&tmp);
-        if let Some((f, _)) = &freeze {
-            f()?;
+        if let Some((f, t)) = &freeze {
+            if let Err(e) = f() {
+                // Freezing may have half happened: never leave the process frozen.
+                let _ = t();
+                return Err(e);
+            }
         }
         let archived = write_tar(data, &tmp);
         if let Some((_, t)) = &freeze {
@@ -173,8 +177,11 @@ impl NodeStore {
         }
         let tmp = disk.with_file_name(format!("backup-{name}.raw"));
         let _ = std::fs::remove_file(&tmp);
-        if let Some((p, _)) = &pause {
-            p()?;
+        if let Some((p, r)) = &pause {
+            if let Err(e) = p() {
+                let _ = r();
+                return Err(e);
+            }
         }
         // -U: QEMU holds the image; it is paused (or stopped), so the content is stable.
         let out = Command::new("qemu-img")

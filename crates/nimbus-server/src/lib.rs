@@ -112,7 +112,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     tokio::spawn(recovery::liveness_loop(cluster.clone()));
     tokio::spawn(recovery::backup_loop(cluster.clone()));
     tokio::spawn(recovery::drain_loop(cluster.clone()));
-    tokio::spawn(standby::standby_loop(cluster.clone()));
 
     let app = http::router(http::AppState {
         cluster: cluster.clone(),

@@ -152,6 +152,12 @@ pub async fn scheduler_loop(cluster: Arc<Cluster>, cfg: SchedulerConfig, metrics
         let c = cluster.clone();
         let cfg2 = cfg.clone();
         let m = metrics.clone();
-        let _ = tokio::task::spawn_blocking(move || schedule_pass(&c, &cfg2, &m)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            schedule_pass(&c, &cfg2, &m);
+            if let Err(e) = c.standby_pass() {
+                tracing::warn!(error = %e, "standby pass failed");
+            }
+        })
+        .await;
     }
 }

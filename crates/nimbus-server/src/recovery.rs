@@ -22,6 +22,8 @@ use crate::error::{Result, ServerError};
 use crate::metrics::HaLabel;
 use crate::reconcile::NODE_LABEL;
 
+/// A pending backup with no report from its node for this long is failed.
+const PENDING_BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Prefix of the names of automatic (`backup_every_secs`) backups.
 pub const AUTO_BACKUP_PREFIX: &str = "auto-";
 /// Longest probation of a node that keeps going down.
@@ -228,6 +230,8 @@ impl Cluster {
             .filter(|i| {
                 (i.holds_resources() && i.state != InstanceState::Lost)
                     || i.state == InstanceState::Stopping
+                    // Stopped for a drain that the node's failure interrupted.
+                    || i.recovery.as_ref().is_some_and(|r| r.cause == MoveCause::Drain)
             })
             .collect();
         for inst in on_node {
@@ -270,12 +274,29 @@ impl Cluster {
         }
         let policy = inst.spec.ha_policy();
         let detected_at_ms = now_ms();
+        let drain_interrupted = inst.state == InstanceState::Stopped
+            && inst
+                .recovery
+                .as_ref()
+                .is_some_and(|r| r.cause == MoveCause::Drain);
+        if drain_interrupted && policy == HaPolicy::None {
+            // Stopped for a drain, not moved: it stays, stopped, like any stopped VM.
+            self.modify_instance(name, |i| {
+                if i.recovery.take().is_none() {
+                    return Ok(false);
+                }
+                i.reason = Some(format!("node {node} went down while it was being drained"));
+                Ok(true)
+            })?;
+            return Ok(());
+        }
         if policy == HaPolicy::None {
             let lost = self.modify_instance(name, |i| {
                 if i.node.as_deref() != Some(node) || !i.state.can_become(InstanceState::Lost) {
                     return Ok(false);
                 }
                 i.state = InstanceState::Lost;
+                i.recovery = None;
                 i.reason = Some(format!(
                     "node {node} is down; HA policy none: it stays there and runs again if the \
                      node comes back"
@@ -552,7 +573,8 @@ impl Cluster {
             if inst.desired == DesiredState::Stopped || inst.desired == DesiredState::Deleted {
                 return Ok(()); // a stop or delete in flight: nothing to move
             }
-            let mut r = Recovery {
+            // Claim the move first (one compare-and-swap); the backup comes after.
+            let r = Recovery {
                 cause: MoveCause::Drain,
                 from_node: node.to_string(),
                 policy: inst.spec.ha_policy(),
@@ -566,10 +588,7 @@ impl Cluster {
                 InstanceKind::Vm => "stopping it to back up its disk",
                 InstanceKind::Process => "backing up its data directory",
             };
-            if inst.kind == InstanceKind::Process {
-                let b = self.create_backup(name, Some(format!("{DRAIN_BACKUP_PREFIX}{now}")))?;
-                r.backup = Some(b.name);
-            }
+            let mut claimed = false;
             self.modify_instance(name, |i| {
                 if i.node.as_deref() != Some(node) || i.recovery.is_some() {
                     return Ok(false);
@@ -583,22 +602,28 @@ impl Cluster {
                 }
                 i.reason = Some(format!("node {node} is draining: {how}"));
                 i.recovery = Some(r.clone());
+                claimed = true;
                 Ok(true)
             })?;
-            self.event(
-                "instance_drain_started",
-                "instance",
-                name,
-                format!("node {node} is draining: {how}"),
-            );
+            if claimed {
+                self.event(
+                    "instance_drain_started",
+                    "instance",
+                    name,
+                    format!("node {node} is draining: {how}"),
+                );
+            }
             return Ok(());
         };
         let Some(backup) = r.backup.clone() else {
-            // A VM: once stopped, back up its disk.
-            if inst.state == InstanceState::Stopped {
+            // A process is backed up as it runs (frozen for the copy); a VM once stopped.
+            if inst.kind == InstanceKind::Process || inst.state == InstanceState::Stopped {
                 let b = self.create_backup(name, Some(format!("{DRAIN_BACKUP_PREFIX}{now}")))?;
                 self.modify_instance(name, |i| {
-                    let Some(ir) = i.recovery.as_mut().filter(|x| x.cause == MoveCause::Drain)
+                    let Some(ir) = i
+                        .recovery
+                        .as_mut()
+                        .filter(|x| x.cause == MoveCause::Drain && x.backup.is_none())
                     else {
                         return Ok(false);
                     };
@@ -612,30 +637,58 @@ impl Cluster {
         let image = format!("{name}-{backup}");
         let mut r = r;
         r.backup_taken_at_ms = Some(b.created_at_ms);
-        let (image, how) = match b.state {
+        let failure = match b.state {
             BackupState::Pending => return Ok(()),
             BackupState::Done => match self.image_from_backup(name, &backup, &image) {
-                Ok(_) => (Some(image.as_str()), format!("from backup {backup}")),
-                Err(e) => (
-                    None,
-                    format!("backup {backup} unusable ({e}): starting fresh"),
-                ),
+                Ok(_) => None,
+                Err(e) => Some(format!("backup {backup} unusable: {e}")),
             },
-            BackupState::Failed => (
-                None,
-                format!(
-                    "backup {backup} failed ({}): starting fresh",
-                    b.reason.clone().unwrap_or_default()
-                ),
-            ),
+            BackupState::Failed => Some(format!(
+                "backup {backup} failed: {}",
+                b.reason.clone().unwrap_or_default()
+            )),
         };
-        if self.requeue_off(name, node, image, r, "is draining")? {
-            self.event(
-                "instance_rescheduled",
-                "instance",
-                name,
-                format!("node {node} is draining: {how}"),
-            );
+        match failure {
+            None => {
+                if self.requeue_off(name, node, Some(&image), r, "is draining")? {
+                    self.event(
+                        "instance_rescheduled",
+                        "instance",
+                        name,
+                        format!("node {node} is draining: from backup {backup}"),
+                    );
+                }
+            }
+            // A VM's disk is never given up: it stays stopped where it is.
+            Some(why) if inst.kind == InstanceKind::Vm => {
+                self.modify_instance(name, |i| {
+                    if !i
+                        .recovery
+                        .as_ref()
+                        .is_some_and(|x| x.cause == MoveCause::Drain)
+                    {
+                        return Ok(false);
+                    }
+                    i.recovery = None;
+                    i.reason = Some(format!(
+                        "drain of {node} could not move it ({why}); it stays stopped there: \
+                         start it, or delete it"
+                    ));
+                    Ok(true)
+                })?;
+                self.event("drain_failed", "instance", name, why);
+            }
+            // A process moves anyway, fresh, like `--ha restart`.
+            Some(why) => {
+                if self.requeue_off(name, node, None, r, "is draining")? {
+                    self.event(
+                        "instance_rescheduled",
+                        "instance",
+                        name,
+                        format!("node {node} is draining: {why}: starting fresh"),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -656,6 +709,29 @@ pub async fn backup_loop(cluster: Arc<Cluster>) {
 
 fn backup_pass(cluster: &Cluster) -> Result<()> {
     let now = now_ms();
+    let backups = cluster.list_backups(None)?;
+    // A backup whose node never reported (it died, or lost the report) fails after a
+    // while, so that nothing waits on it for ever.
+    for b in backups.iter().filter(|b| b.state == BackupState::Pending) {
+        if now.saturating_sub(b.created_at_ms) > PENDING_BACKUP_TIMEOUT.as_millis() as u64 {
+            let node = b.node.clone().unwrap_or_default();
+            let reason = format!(
+                "no report from node {node} within {} minutes",
+                PENDING_BACKUP_TIMEOUT.as_secs() / 60
+            );
+            let r = nimbus_api::backup::BackupResult {
+                ok: false,
+                reason: Some(reason),
+                size: 0,
+                new_bytes: 0,
+                new_chunks: 0,
+                consistency: None,
+            };
+            if let Err(e) = cluster.complete_backup(&b.instance, &b.name, &node, r) {
+                tracing::warn!(backup = %b.name, error = %e, "cannot fail a stale backup");
+            }
+        }
+    }
     let wanted: Vec<Instance> = cluster
         .all_instances()?
         .into_iter()
@@ -663,12 +739,12 @@ fn backup_pass(cluster: &Cluster) -> Result<()> {
         // A VM is backed up through QMP: wait until its guest is up.
         .filter(|i| i.kind == InstanceKind::Process || i.guest_ready)
         .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let backups = cluster.list_backups(None)?;
     for inst in wanted {
-        let every_ms = inst.spec.backup_every_secs.unwrap_or(0) * 1000;
+        let every_ms = inst
+            .spec
+            .backup_every_secs
+            .unwrap_or(0)
+            .saturating_mul(1000);
         let autos: Vec<_> = backups
             .iter()
             .filter(|b| b.instance == inst.name && b.name.starts_with(AUTO_BACKUP_PREFIX))
@@ -676,13 +752,21 @@ fn backup_pass(cluster: &Cluster) -> Result<()> {
         if autos.iter().any(|b| b.state == BackupState::Pending) {
             continue;
         }
+        // Keep the newest completed ones; failed ones are only noise (their failure is
+        // in the events) and must never push a good backup out.
+        let auto = |b: &nimbus_api::Backup| b.name.starts_with(AUTO_BACKUP_PREFIX);
+        if autos.iter().any(|b| b.state == BackupState::Failed) {
+            cluster.prune_backups_where(&inst.name, 0, |b| {
+                auto(b) && b.state == BackupState::Failed
+            })?;
+        }
         let done = autos
             .iter()
-            .filter(|b| b.state != BackupState::Pending)
+            .filter(|b| b.state == BackupState::Done)
             .count();
         if done > AUTO_BACKUPS_KEPT {
             cluster.prune_backups_where(&inst.name, AUTO_BACKUPS_KEPT, |b| {
-                b.name.starts_with(AUTO_BACKUP_PREFIX)
+                auto(b) && b.state == BackupState::Done
             })?;
         }
         let latest = autos.iter().map(|b| b.created_at_ms).max();
@@ -690,7 +774,7 @@ fn backup_pass(cluster: &Cluster) -> Result<()> {
             match cluster.create_backup(&inst.name, Some(format!("{AUTO_BACKUP_PREFIX}{now}"))) {
                 Ok(_) | Err(ServerError::AlreadyExists(_)) => {}
                 Err(e) => {
-                    tracing::debug!(instance = %inst.name, error = %e, "automatic backup not taken")
+                    tracing::warn!(instance = %inst.name, error = %e, "automatic backup not taken")
                 }
             }
         }

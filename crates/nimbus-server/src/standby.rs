@@ -7,9 +7,6 @@
 //! placed directly on its standby node (no queueing, its capacity is already held)
 //! and a new standby is chosen for it.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use nimbus_api::{
     HaPolicy, Instance, InstanceKind, InstanceState, MoveCause, NodeState, Recovery, Standby,
     StandbyReport,
@@ -20,20 +17,10 @@ use crate::cluster::{now_ms, Cluster};
 use crate::error::Result;
 use crate::reconcile::{request_for, snapshot, NODE_LABEL};
 
-/// Keeps a standby for every running hot instance.
-pub async fn standby_loop(cluster: Arc<Cluster>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let c = cluster.clone();
-        let res = tokio::task::spawn_blocking(move || c.standby_pass()).await;
-        if let Ok(Err(e)) = res {
-            tracing::warn!(error = %e, "standby pass failed");
-        }
-    }
-}
-
 impl Cluster {
-    fn standby_pass(&self) -> Result<()> {
+    /// Keeps a standby for every running hot instance. Run by the scheduler loop right
+    /// after its placements, never beside them, so the two never plan the same room.
+    pub(crate) fn standby_pass(&self) -> Result<()> {
         let instances = self.all_instances()?;
         let hot: Vec<&Instance> = instances
             .iter()
@@ -45,7 +32,8 @@ impl Cluster {
         let nodes = self.all_nodes_with(&instances)?;
         let state_of = |n: &str| nodes.iter().find(|x| x.name == n).map(|x| x.state);
         for inst in hot {
-            let running = inst.state == InstanceState::Running && inst.node.is_some();
+            let running = matches!(inst.state, InstanceState::Running | InstanceState::Paused)
+                && inst.node.is_some();
             match &inst.standby {
                 Some(s) => {
                     // A draining node gives its standbys up too.
@@ -235,6 +223,10 @@ impl Cluster {
             i.state = InstanceState::Scheduled;
             i.desired = nimbus_api::DesiredState::Running;
             i.node = Some(s.node.clone());
+            // A pin to the failed node (e.g. from a restore with --node) cannot hold.
+            if i.spec.node_selector.get(NODE_LABEL).map(String::as_str) == Some(node) {
+                i.spec.node_selector.remove(NODE_LABEL);
+            }
             i.generation += 1;
             i.standby = None;
             i.clear_observed();
