@@ -485,28 +485,28 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// Names of `*.json` files in `dir` (without the extension); empty if `dir` is
 /// missing. Other files (editor leftovers) are ignored.
 fn json_stems(dir: &Path) -> Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(ImageError::io(format!("listing {}", dir.display()), e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(stem) = name.strip_suffix(".json") {
-            if check_name("name", stem).is_ok() {
-                out.push(stem.to_string());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    sorted_names(dir, |_, name| {
+        let stem = name.strip_suffix(".json")?;
+        check_name("name", stem).is_ok().then(|| stem.to_string())
+    })
 }
 
 /// Names of the subdirectories of `dir`; empty if `dir` is missing.
 fn subdirs(dir: &Path) -> Result<Vec<String>> {
+    sorted_names(dir, |entry, name| {
+        entry
+            .file_type()
+            .is_ok_and(|t| t.is_dir())
+            .then(|| name.to_string())
+    })
+}
+
+/// The names `keep` maps the entries of `dir` to, sorted; empty if `dir` is missing.
+/// Names that are not UTF-8 are skipped.
+fn sorted_names(
+    dir: &Path,
+    keep: impl Fn(&fs::DirEntry, &str) -> Option<String>,
+) -> Result<Vec<String>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -515,10 +515,8 @@ fn subdirs(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            if let Some(name) = entry.file_name().to_str() {
-                out.push(name.to_string());
-            }
+        if let Some(name) = entry.file_name().to_str().and_then(|n| keep(&entry, n)) {
+            out.push(name);
         }
     }
     out.sort();

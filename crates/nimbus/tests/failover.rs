@@ -42,12 +42,7 @@ fn create(c: &NetCluster, name: &str, extra: &[&str], script: &str) {
     ];
     args.extend(extra);
     args.extend(["--", "sh", "-c", script]);
-    let out = c.cli(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.cli_ok(&args);
 }
 
 fn running_on(c: &NetCluster, name: &str, node: &str) -> Value {
@@ -389,12 +384,7 @@ fn a_hot_vm_fails_over_with_every_completed_write() {
     let mut c = NetCluster::new(SERVER);
     let vm_node: &[&str] = &["--cpus", "1", "--memory", "1Gi", "--heartbeat-every", "0.3"];
     c.add_node("fo-v1", vm_node);
-    let out = c.cli(&["image", "build", "tiny"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.cli_ok(&["image", "build", "tiny"]);
     let dir = tempfile::tempdir().unwrap();
     let ud = dir.path().join("counter.sh");
     // A counter on the raw disk: each value is written with fsync, then announced.
@@ -412,7 +402,7 @@ fn a_hot_vm_fails_over_with_every_completed_write() {
          done\n",
     )
     .unwrap();
-    let out = c.cli(&[
+    c.cli_ok(&[
         "instance",
         "create",
         "hot",
@@ -428,11 +418,6 @@ fn a_hot_vm_fails_over_with_every_completed_write() {
         "--user-data",
         ud.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     running_on(&c, "hot", "fo-v1");
     c.add_node("fo-v2", vm_node);
     c.add_node("fo-v3", vm_node);

@@ -9,7 +9,7 @@ use common::*;
 #[test]
 fn create_runs_under_cgroup_with_spec_limits_then_stop_start_delete_clean_up() {
     let c = TestCluster::up("t-life", &[]);
-    let out = c.cli(&[
+    c.cli_ok(&[
         "instance",
         "create",
         "web",
@@ -22,11 +22,6 @@ fn create_runs_under_cgroup_with_spec_limits_then_stop_start_delete_clean_up() {
         "-c",
         "echo hello from web; echo to stderr >&2; exec sleep 300",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     let inst = c.wait_state("web", "running");
     assert_eq!(inst["node"], "t-life");
@@ -90,7 +85,7 @@ fn create_runs_under_cgroup_with_spec_limits_then_stop_start_delete_clean_up() {
 #[test]
 fn memory_hog_is_reported_as_oom_killed() {
     let c = TestCluster::up("t-oom", &[]);
-    let out = c.cli(&[
+    c.cli_ok(&[
         "instance",
         "create",
         "hog",
@@ -101,11 +96,6 @@ fn memory_hog_is_reported_as_oom_killed() {
         "-c",
         "import time; b = bytearray(256 * 1024 * 1024); time.sleep(60)",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let inst = c.wait_state("hog", "failed");
     let reason = inst["reason"].as_str().unwrap_or_default().to_lowercase();
     assert!(
@@ -118,7 +108,7 @@ fn memory_hog_is_reported_as_oom_killed() {
 #[test]
 fn on_failure_restarts_with_backoff_and_counts_restarts() {
     let c = TestCluster::up("t-restart", &[]);
-    let out = c.cli(&[
+    c.cli_ok(&[
         "instance",
         "create",
         "flaky",
@@ -129,11 +119,6 @@ fn on_failure_restarts_with_backoff_and_counts_restarts() {
         "-c",
         "echo attempt; exit 3",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let inst = c.wait_for("two restarts", Duration::from_secs(30), || {
         let v = c.instance("flaky");
         (v["restarts"].as_u64().unwrap_or(0) >= 2).then_some(v)

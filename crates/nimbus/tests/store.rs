@@ -66,12 +66,7 @@ fn disk_images_round_trip_and_dedup_in_the_chunk_store() {
         .unwrap()
         .success());
 
-    let out = c.cli(&["image", "import", "d1", qcow.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.cli_ok(&["image", "import", "d1", qcow.to_str().unwrap()]);
     let s1 = stats(&c);
     assert_eq!(s1["images"], 1);
     assert_eq!(s1["logical_bytes"], 24 * 1024 * 1024);
@@ -164,7 +159,7 @@ fn backup_of_a_running_vm_restores_and_boots_with_its_data() {
     assert!(c.cli(&["image", "build", "tiny"]).status.success());
     let dir = tempfile::tempdir().unwrap();
     let ud = disk_marker_user_data(dir.path());
-    let out = c.cli(&[
+    c.cli_ok(&[
         "instance",
         "create",
         "db",
@@ -180,11 +175,6 @@ fn backup_of_a_running_vm_restores_and_boots_with_its_data() {
         "--user-data",
         ud.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let db = wait_ready(&c, "db");
     let marker = fetch(&c, &db, "/disk.txt");
     assert!(marker.starts_with("persisted-"), "{marker:?}");
@@ -299,12 +289,7 @@ fn replicate_copies_only_the_chunks_a_node_lacks() {
         .success());
 
     let copied = |image: &str| -> (u64, u64) {
-        let out = c.cli(&["image", "replicate", image, "--to", "t-repl-b"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.cli_ok(&["image", "replicate", image, "--to", "t-repl-b"]);
         let ev = c.wait_for(
             &format!("{image} to reach t-repl-b"),
             Duration::from_secs(60),
@@ -347,7 +332,7 @@ fn backup_of_a_running_process_restores_its_data_dir_on_another_node() {
                   else echo \"made-$$\" > data.txt; mkdir -p sub; echo deep > sub/f; \
                   echo made; fi; \
                   while true; do date +%s%N >> ticks; sleep 0.02; done";
-    let out = c.cli(&[
+    c.cli_ok(&[
         "instance",
         "create",
         "app",
@@ -360,11 +345,6 @@ fn backup_of_a_running_process_restores_its_data_dir_on_another_node() {
         "-c",
         script,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     c.wait_state("app", "running");
     c.wait_for("the data file", Duration::from_secs(15), || {
         let out = c.cli(&["instance", "logs", "app"]);
@@ -446,7 +426,7 @@ fn draining_a_node_moves_a_vm_with_its_disk() {
     assert!(c.cli(&["image", "build", "tiny"]).status.success());
     let dir = tempfile::tempdir().unwrap();
     let ud = disk_marker_user_data(dir.path());
-    let out = c.cli(&[
+    c.cli_ok(&[
         "instance",
         "create",
         "vm",
@@ -462,11 +442,6 @@ fn draining_a_node_moves_a_vm_with_its_disk() {
         "--user-data",
         ud.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let vm = wait_ready(&c, "vm");
     assert_eq!(vm["node"], "t-vdrain-a");
     let marker = fetch(&c, &vm, "/disk.txt");

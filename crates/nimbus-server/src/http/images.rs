@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use futures_util::StreamExt;
 use nimbus_api::{validate_name, ErrorBody, Image, ImageList, RegisterImage};
@@ -133,16 +133,5 @@ pub async fn download_file(
             name: format!("{name}/{file}"),
         })?;
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
-    Ok((
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "application/octet-stream".to_string(),
-            ),
-            (axum::http::header::CONTENT_LENGTH, len.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(super::file_response(f, len))
 }

@@ -289,6 +289,23 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Runs a blocking store operation off the async runtime.
+/// Streams an open file as `application/octet-stream` of `len` bytes (1 MiB reads).
+pub fn file_response(f: tokio::fs::File, len: u64) -> Response {
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
 ) -> Result<T, ServerError> {

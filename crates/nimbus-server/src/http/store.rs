@@ -200,16 +200,5 @@ pub async fn export_image(
     let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
     // The file stays readable through the open handle after the directory goes.
     drop(tmp);
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
-    Ok((
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "application/octet-stream".to_string(),
-            ),
-            (axum::http::header::CONTENT_LENGTH, len.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(super::file_response(f, len))
 }

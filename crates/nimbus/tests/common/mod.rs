@@ -288,6 +288,18 @@ impl TestCluster {
             .expect("run nimbus cli")
     }
 
+    /// Runs the CLI, asserting success (failing with its stderr and the cluster's logs).
+    pub fn cli_ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "nimbus {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        out
+    }
+
     /// Runs the CLI with `-o json`, asserting success, and parses stdout.
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
