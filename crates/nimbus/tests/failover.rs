@@ -322,7 +322,11 @@ fn drain_moves_instances_with_their_data_and_empties_the_node() {
         &["--node-selector", "nimbus/node=fo-d1"],
         "exec sleep 100000",
     );
-    let p = c.wait_state("pinned", "pending");
+    // Pending, with the scheduler's reason (it replaces "waiting for the scheduler").
+    let p = c.wait_for("the scheduler's reason", Duration::from_secs(10), || {
+        let v = c.instance("pinned");
+        (v["state"] == "pending" && v["reason"] != "waiting for the scheduler").then_some(v)
+    });
     assert!(p["reason"].as_str().unwrap_or("").contains("fo-d1"), "{p}");
     assert!(c.cli(&["node", "undrain", "fo-d1"]).status.success());
     running_on(&c, "pinned", "fo-d1");
