@@ -119,9 +119,11 @@ fn on_failure_restarts_with_backoff_and_counts_restarts() {
         "-c",
         "echo attempt; exit 3",
     ]);
+    // Seen between attempts (failed, waiting for its backoff), not in the moment
+    // an attempt runs.
     let inst = c.wait_for("two restarts", Duration::from_secs(30), || {
         let v = c.instance("flaky");
-        (v["restarts"].as_u64().unwrap_or(0) >= 2).then_some(v)
+        (v["restarts"].as_u64().unwrap_or(0) >= 2 && v["state"] == "failed").then_some(v)
     });
     assert_eq!(inst["exit_code"], 3, "{inst}");
     let reason = inst["reason"].as_str().unwrap_or_default();
