@@ -80,6 +80,8 @@ type OutputChunk = (String, u64, u64, Vec<u8>);
 
 /// Wait between attempts to (re)start a failed disk mirror.
 const MIRROR_RETRY: Duration = Duration::from_secs(3);
+/// How long a live migration (disk copy and memory) may take before it is given up.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The local address of the route to the server at `url` (what peers on the same
 /// network reach this node at).
@@ -148,6 +150,16 @@ struct TaskRecord {
     /// Failed looks at the mirror in a row (one QMP timeout is not a lost mirror).
     #[serde(skip)]
     mirror_errors: u32,
+    /// Live migration, target side: the VM is awaited here (from the assignment) until
+    /// it arrives, at `incoming_target`.
+    #[serde(default)]
+    incoming: Option<nimbus_api::IncomingMigration>,
+    #[serde(default)]
+    incoming_target: Option<nimbus_api::MigrationTarget>,
+    /// Live migration, source side: how it went. Once completed the VM here is paused
+    /// for good and waits to be unassigned.
+    #[serde(default)]
+    migration: Option<nimbus_api::MigrationReport>,
     /// Backups of this placement already made and reported.
     #[serde(default)]
     backups_done: Vec<String>,
@@ -157,8 +169,17 @@ struct TaskRecord {
     started: Option<Instant>,
 }
 
+impl TaskRecord {
+    /// The VM left this node by live migration: it must never run here again.
+    fn migrated_away(&self) -> bool {
+        self.migration.as_ref().is_some_and(|m| m.completed)
+    }
+}
+
 struct Agent {
     cfg: AgentConfig,
+    /// Where peers reach this node (replica exports, migration targets).
+    address: String,
     drivers: HashMap<&'static str, Arc<dyn Driver>>,
     tasks: Mutex<BTreeMap<String, TaskRecord>>,
     /// The latest assignments from the server (None until the first answer).
@@ -282,6 +303,17 @@ impl Agent {
                 tracing::warn!(task = %rec.name, error = %e, "destroy after exit failed");
             }
         }
+        if rec.incoming.is_some() || rec.migrated_away() {
+            // A migration target that failed, or a VM that migrated away: never
+            // restarted here (the server falls back, or has moved it).
+            rec.will_restart = false;
+            rec.incoming_target = None;
+            self.release_ports(rec);
+            rec.state = InstanceState::Failed;
+            rec.reason = Some(format!("live migration: {}", exit.reason));
+            rec.exit = Some(exit);
+            return;
+        }
         let success = exit.success();
         let ran_long = rec
             .started
@@ -371,6 +403,13 @@ impl Agent {
             spec: rec.spec.clone(),
             dir,
             vm,
+            incoming: rec
+                .incoming
+                .as_ref()
+                .map(|i| crate::driver::IncomingConfig {
+                    address: self.address.clone(),
+                    disk_bytes: i.disk_bytes,
+                }),
         };
         rec.exit = None;
         rec.boot_ms = None;
@@ -445,6 +484,9 @@ impl Agent {
             mirror: None,
             mirror_retry_at: None,
             mirror_errors: 0,
+            incoming: a.incoming.clone(),
+            incoming_target: None,
+            migration: None,
             restart_at: None,
             started: None,
         }
@@ -671,6 +713,71 @@ impl Agent {
         });
     }
 
+    /// Live migration, target side: notes where the VM is awaited, and when it has
+    /// arrived and runs here.
+    fn follow_incoming(&self, rec: &mut TaskRecord) {
+        let (Some(h), Some(d), Some(incoming)) = (
+            rec.handle.clone(),
+            self.driver_for(&rec.spec),
+            rec.incoming.clone(),
+        ) else {
+            return;
+        };
+        match d.poll_incoming(&h) {
+            Ok(crate::driver::Incoming::Waiting(t)) => rec.incoming_target = Some(t),
+            Ok(crate::driver::Incoming::Arrived) => {
+                tracing::info!(task = %rec.name, "the VM arrived by live migration");
+                rec.incoming = None;
+                rec.incoming_target = None;
+                if incoming.guest_ready {
+                    // Booted on the source: usable from the moment it runs here.
+                    rec.boot_ms = rec.started.map(|s| s.elapsed().as_millis() as u64);
+                }
+            }
+            Err(e) => tracing::warn!(task = %rec.name, error = %e, "incoming migration"),
+        }
+    }
+
+    /// Live migration, source side: sends the VM to `to` once (the server decides what
+    /// follows a failure).
+    fn follow_migration(&self, rec: &mut TaskRecord, to: Option<&nimbus_api::MigrationTarget>) {
+        let (Some(to), Some(h), Some(d)) = (to, rec.handle.clone(), self.driver_for(&rec.spec))
+        else {
+            return;
+        };
+        if rec.state != InstanceState::Running
+            || rec.migration.as_ref().is_some_and(|m| m.uri == to.uri)
+        {
+            return;
+        }
+        tracing::info!(task = %rec.name, target = %to.uri, "live-migrating");
+        rec.mirror = None;
+        let report = match d.migrate(&h, to, MIGRATION_TIMEOUT) {
+            Ok(stats) => {
+                tracing::info!(task = %rec.name, downtime_ms = ?stats.downtime_ms, total_ms = stats.total_ms, "live migration completed");
+                rec.reason = Some(format!("live-migrated to {}", to.uri));
+                nimbus_api::MigrationReport {
+                    uri: to.uri.clone(),
+                    completed: true,
+                    downtime_ms: stats.downtime_ms,
+                    total_ms: Some(stats.total_ms),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task = %rec.name, error = %e, "live migration failed");
+                nimbus_api::MigrationReport {
+                    uri: to.uri.clone(),
+                    completed: false,
+                    downtime_ms: None,
+                    total_ms: None,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        rec.migration = Some(report);
+    }
+
     /// Gives a task's host ports back to the node.
     fn release_ports(&self, rec: &mut TaskRecord) {
         let mut reserved = self.ports.lock().unwrap_or_else(|p| p.into_inner());
@@ -719,15 +826,18 @@ impl Agent {
         }
 
         for a in &assignments {
-            let before = tasks.get(&a.name).map(|r| {
+            let observed = |r: &TaskRecord| {
                 (
                     r.state,
                     r.restarts,
                     r.will_restart,
                     r.boot_ms,
                     r.mirror.clone(),
+                    r.incoming_target.clone(),
+                    r.migration.clone(),
                 )
-            });
+            };
+            let before = tasks.get(&a.name).map(observed);
             // An older placement of the same name: replace it.
             if tasks
                 .get(&a.name)
@@ -749,6 +859,8 @@ impl Agent {
                         self.stop_task(rec, "restart requested");
                         rec.state = InstanceState::Starting;
                         self.start_task(rec);
+                    } else if rec.migrated_away() {
+                        // Paused for good; stopped once the server moves it.
                     } else if let Some(h) = rec.handle.clone() {
                         if let Some(d) = self.driver_for(&rec.spec) {
                             match d.status(&h) {
@@ -785,8 +897,12 @@ impl Agent {
                         rec.state = InstanceState::Starting;
                         self.start_task(rec);
                     }
-                    self.follow_desired_pause(rec, a.desired);
-                    self.follow_mirror(rec, a.mirror_to.as_deref());
+                    if !rec.migrated_away() {
+                        self.follow_desired_pause(rec, a.desired);
+                        self.follow_mirror(rec, a.mirror_to.as_deref());
+                        self.follow_incoming(rec);
+                        self.follow_migration(rec, a.migrate_to.as_ref());
+                    }
                 }
                 DesiredState::Stopped | DesiredState::Deleted => {
                     let why = if a.desired == DesiredState::Deleted {
@@ -819,14 +935,7 @@ impl Agent {
                 }
             }
             if let Some(rec) = tasks.get(&a.name) {
-                let now = (
-                    rec.state,
-                    rec.restarts,
-                    rec.will_restart,
-                    rec.boot_ms,
-                    rec.mirror.clone(),
-                );
-                if before != Some(now) {
+                if before != Some(observed(rec)) {
                     changed = true;
                     self.persist(rec);
                 }
@@ -951,6 +1060,7 @@ impl Agent {
         tasks
             .values()
             .filter(|r| r.state == InstanceState::Running && r.handle.is_some())
+            .filter(|r| r.incoming.is_none() && !r.migrated_away())
             .filter_map(|r| {
                 let check = r.spec.health_check.clone()?;
                 let grace = Duration::from_secs(check.grace_secs);
@@ -1029,6 +1139,8 @@ impl Agent {
                     boot_ms: rec.boot_ms,
                     disk_bytes: rec.disk_bytes,
                     mirror: rec.mirror.clone(),
+                    incoming: rec.incoming_target.clone(),
+                    migration: rec.migration.clone(),
                 }
             })
             .collect();
@@ -1163,6 +1275,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let client = Arc::new(ServerClient::new(&cfg.server));
     let agent = Arc::new(Agent {
         cfg: cfg.clone(),
+        address: address.clone(),
         drivers,
         tasks: Mutex::new(BTreeMap::new()),
         assignments: Mutex::new(None),

@@ -65,6 +65,7 @@ fn config_env(
         spec,
         dir: dir.to_path_buf(),
         vm: None,
+        incoming: None,
     }
 }
 

@@ -695,6 +695,9 @@ pub struct Instance {
     /// `ha = hot`: the node standing by to take over, with its reserved capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<Standby>,
+    /// A running VM being live-migrated off a draining node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
     /// VMs: virtual size of the disk, as its node reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
@@ -716,6 +719,38 @@ pub struct Standby {
     /// Ready to take over: VMs once the mirror is in sync; processes at once.
     #[serde(default)]
     pub in_sync: bool,
+}
+
+/// A live migration of a running VM to another node. The target node starts a QEMU
+/// that waits for the VM's memory and serves an empty disk of the same size over NBD;
+/// the source mirrors its disk there (every write reaching both once in sync), then
+/// migrates memory and device state, and the guest runs on without a reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Migration {
+    pub to_node: String,
+    /// The generation of the placement on the target (the instance's next).
+    pub generation: u64,
+    /// Where the target waits, once it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<MigrationTarget>,
+    /// Unix ms.
+    pub started_at_ms: u64,
+    /// When the target reported the guest running there (unix ms): from then on the
+    /// move is done whatever else happens, and completes with or without the source's
+    /// report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_at_ms: Option<u64>,
+}
+
+/// Where the target of a live migration waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MigrationTarget {
+    /// The NBD export of the target's disk, `host:port/export`; absent for a VM
+    /// without a disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// QEMU's incoming migration stream, `tcp:host:port`.
+    pub uri: String,
 }
 
 /// Why an instance is moved off its node.

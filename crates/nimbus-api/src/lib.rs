@@ -25,12 +25,13 @@ pub use event::{Event, EventList};
 pub use image::{Image, ImageFile, ImageKind, ImageList, RegisterImage, ReplicateImage};
 pub use instance::{
     CreateInstance, DesiredState, HaPolicy, HealthCheck, HealthCheckKind, Instance, InstanceKind,
-    InstanceList, InstanceSpec, InstanceState, MoveCause, PortSpec, Recovery, RestartPolicy,
-    Standby, TransitionError,
+    InstanceList, InstanceSpec, InstanceState, Migration, MigrationTarget, MoveCause, PortSpec,
+    Recovery, RestartPolicy, Standby, TransitionError,
 };
 pub use node::{
-    Assignment, Assignments, Heartbeat, InstanceReport, MirrorReport, Node, NodeList, NodeState,
-    RegisterNode, Resources, StandbyAssignment, StandbyReport,
+    Assignment, Assignments, Heartbeat, IncomingMigration, InstanceReport, MigrationReport,
+    MirrorReport, Node, NodeList, NodeState, RegisterNode, Resources, StandbyAssignment,
+    StandbyReport,
 };
 
 /// Default address of the API server.

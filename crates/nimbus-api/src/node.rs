@@ -110,6 +110,9 @@ pub struct Node {
     pub last_heartbeat_ms: u64,
     /// Unix ms of the first registration.
     pub registered_at_ms: u64,
+    /// While draining: move VMs stopped (backup and restore) rather than live.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain_offline: bool,
     /// Count of instances placed on it (computed on read).
     #[serde(default)]
     pub instances: u32,
@@ -154,6 +157,31 @@ pub struct InstanceReport {
     /// VMs with `ha = hot`: the synchronous mirror of the disk to the standby.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorReport>,
+    /// The target of a live migration: where it waits for the VM (absent once the
+    /// guest runs here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<crate::instance::MigrationTarget>,
+    /// The source of a live migration: how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationReport>,
+}
+
+/// How a live migration ended, as its source reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MigrationReport {
+    /// The target's migration stream (`tcp:host:port`) this report is about.
+    pub uri: String,
+    /// The guest now runs on the target; this node's copy is paused for good.
+    pub completed: bool,
+    /// Milliseconds the guest was paused for the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Milliseconds from the start of the disk copy to the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+    /// Why it failed (the guest runs on here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The state of a VM's disk mirror to its standby's replica.
@@ -213,6 +241,24 @@ pub struct Assignment {
     /// Hot VMs failed over to this node: boot from the replica this node served.
     #[serde(default)]
     pub boot_from_replica: bool,
+    /// Live migration, source side: send the VM to this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_to: Option<crate::instance::MigrationTarget>,
+    /// Live migration, target side: start a QEMU that waits for the VM instead of
+    /// booting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<IncomingMigration>,
+}
+
+/// What the target of a live migration needs to know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IncomingMigration {
+    /// Virtual size of the VM's disk (an empty one of this size receives the copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// The guest had finished booting on the source.
+    #[serde(default)]
+    pub guest_ready: bool,
 }
 
 /// A replica a node must hold and serve for a hot VM on another node.

@@ -209,8 +209,12 @@ impl Cluster {
                 node.instances += 1;
             }
             // A hot standby reserves the same resources on its node, so a takeover
-            // never waits for room.
-            if let Some(&ni) = inst.standby.as_ref().and_then(|s| index.get(&s.node)) {
+            // never waits for room; so does the target of a live migration.
+            let elsewhere = [
+                inst.standby.as_ref().map(|s| &s.node),
+                inst.migration.as_ref().map(|m| &m.to_node),
+            ];
+            for &ni in elsewhere.into_iter().flatten().filter_map(|n| index.get(n)) {
                 let node = &mut nodes[ni];
                 node.allocated = node.allocated.saturating_add(Resources::from(&inst.spec));
             }
@@ -295,6 +299,7 @@ impl Cluster {
             updated_at_ms: now,
             recovery: None,
             standby: None,
+            migration: None,
             disk_bytes: None,
             revision: 0,
         };
@@ -749,6 +754,7 @@ impl Cluster {
                         state: NodeState::Ready,
                         last_heartbeat_ms: now,
                         registered_at_ms: now,
+                        drain_offline: false,
                         instances: 0,
                         revision: 0,
                     },
@@ -899,7 +905,16 @@ impl Cluster {
         let mut changed_to = None;
         let mut recovered = None;
         let mut mirror_change = None;
+        let mut migration_news = None;
         let inst = self.modify_instance(&r.name, |inst| {
+            // A live migration's target, or its source with the outcome.
+            if let Some(m) = &inst.migration {
+                let at = (inst.node.as_deref(), inst.generation);
+                if let Some(news) = crate::migration::MigrationNews::of(at, m, node, r) {
+                    migration_news = Some((m.clone(), news));
+                    return Ok(false);
+                }
+            }
             // Reports about an older placement, or from another node, are stale.
             if inst.node.as_deref() != Some(node) || inst.generation != r.generation {
                 return Ok(false);
@@ -964,6 +979,9 @@ impl Cluster {
             }
             Ok(before != *inst)
         })?;
+        if let Some((m, news)) = migration_news {
+            return self.migration_news(&r.name, &m, news);
+        }
         if let Some(rev) = remove {
             match self.store.delete(INSTANCE, &r.name, rev) {
                 Ok(_) => self.finish_delete(&inst),
@@ -1022,7 +1040,32 @@ impl Cluster {
                 })
             })
             .collect();
-        let assignments = all
+        // The target of a live migration waits for the VM under its next generation.
+        let incoming: Vec<Assignment> = all
+            .iter()
+            .filter(|i| i.desired == DesiredState::Running)
+            .filter_map(|i| {
+                let m = i.migration.as_ref().filter(|m| m.to_node == node)?;
+                Some(Assignment {
+                    image: i.spec.image.as_ref().and_then(|n| self.get_image(n).ok()),
+                    disk_image: None,
+                    backups: vec![],
+                    mirror_to: None,
+                    boot_from_replica: false,
+                    migrate_to: None,
+                    incoming: Some(nimbus_api::IncomingMigration {
+                        disk_bytes: i.disk_bytes,
+                        guest_ready: i.guest_ready,
+                    }),
+                    name: i.name.clone(),
+                    spec: i.spec.clone(),
+                    generation: m.generation,
+                    desired: DesiredState::Running,
+                    restart_nonce: i.restart_nonce,
+                })
+            })
+            .collect();
+        let mut assignments: Vec<Assignment> = all
             .into_iter()
             .filter(|i| {
                 i.node.as_deref() == Some(node)
@@ -1039,9 +1082,15 @@ impl Cluster {
                 mirror_to: i
                     .standby
                     .as_ref()
-                    .filter(|s| s.generation == i.generation)
+                    .filter(|s| s.generation == i.generation && i.migration.is_none())
                     .and_then(|s| s.endpoint.clone()),
                 boot_from_replica: i.recovery.as_ref().is_some_and(|r| r.from_replica),
+                migrate_to: i
+                    .migration
+                    .as_ref()
+                    .filter(|_| i.desired == DesiredState::Running)
+                    .and_then(|m| m.target.clone()),
+                incoming: None,
                 name: i.name,
                 spec: i.spec,
                 generation: i.generation,
@@ -1049,11 +1098,23 @@ impl Cluster {
                 restart_nonce: i.restart_nonce,
             })
             .collect();
+        assignments.extend(incoming);
         Ok((assignments, standbys))
     }
 
     /// Changes a node's state (ready, down, draining) with an event.
     pub fn set_node_state(&self, name: &str, state: NodeState, why: &str) -> Result<()> {
+        self.set_node_state_with(name, state, why, |_| {})
+    }
+
+    /// Changes a node's state, and what `also` changes with it, in one write.
+    pub fn set_node_state_with(
+        &self,
+        name: &str,
+        state: NodeState,
+        why: &str,
+        also: impl Fn(&mut Node),
+    ) -> Result<()> {
         for _ in 0..CAS_RETRIES {
             let (mut node, rev) =
                 self.store
@@ -1062,11 +1123,14 @@ impl Cluster {
                         kind: "node",
                         name: name.into(),
                     })?;
-            if node.state == state {
+            let before = node.clone();
+            node.state = state;
+            also(&mut node);
+            if node == before {
                 return Ok(());
             }
-            node.state = state;
             match self.store.update_typed(NODE, name, &node, rev) {
+                Ok(_) if before.state == state => return Ok(()),
                 Ok(_) => {
                     self.event(&format!("node_{}", state.as_str()), "node", name, why);
                     self.schedule_now.notify_one();

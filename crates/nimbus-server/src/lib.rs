@@ -18,6 +18,7 @@ pub mod http;
 pub mod images;
 pub mod logs;
 pub mod metrics;
+pub mod migration;
 pub mod reconcile;
 pub mod recovery;
 pub mod standby;

@@ -20,6 +20,7 @@ use nimbus_store::StoreError;
 use crate::cluster::{now_ms, Cluster, INSTANCE};
 use crate::error::{Result, ServerError};
 use crate::metrics::HaLabel;
+use crate::migration::LiveStart;
 use crate::reconcile::NODE_LABEL;
 
 /// A pending backup with no report from its node for this long is failed.
@@ -246,9 +247,14 @@ impl Cluster {
     }
 
     fn recover_instance(&self, name: &str, node: &str, failed_at_ms: u64) -> Result<()> {
-        let inst = self.get_instance(name)?;
+        let mut inst = self.get_instance(name)?;
         if inst.node.as_deref() != Some(node) {
             return Ok(());
+        }
+        if let Some(m) = &inst.migration {
+            // The source is gone: its VM recovers by its HA policy like any other.
+            self.migration_failed(name, m, &format!("node {node} went down"))?;
+            inst = self.get_instance(name)?;
         }
         // A stop or delete in flight cannot be confirmed by a down node: finish it here
         // (the node's agent stops the instance if it comes back).
@@ -491,8 +497,9 @@ pub async fn drain_loop(cluster: Arc<Cluster>) {
 pub const DRAIN_BACKUP_PREFIX: &str = "drain-";
 
 impl Cluster {
-    /// Marks a node draining: it takes no new instances and its instances move off.
-    pub fn drain_node(&self, name: &str) -> Result<nimbus_api::Node> {
+    /// Marks a node draining: it takes no new instances and its instances move off,
+    /// running VMs live unless `offline`.
+    pub fn drain_node(&self, name: &str, offline: bool) -> Result<nimbus_api::Node> {
         let node = self.get_node(name)?;
         match node.state {
             NodeState::Down => {
@@ -501,8 +508,9 @@ impl Cluster {
                      is nothing to drain"
                 )))
             }
-            NodeState::Draining => {}
-            _ => self.set_node_state(name, NodeState::Draining, "drain requested")?,
+            _ => self.set_node_state_with(name, NodeState::Draining, "drain requested", |n| {
+                n.drain_offline = offline
+            })?,
         }
         self.get_node(name)
     }
@@ -516,23 +524,27 @@ impl Cluster {
                 node.state.as_str()
             )));
         }
-        self.set_node_state(name, NodeState::Ready, "drain cancelled")?;
+        self.set_node_state_with(name, NodeState::Ready, "drain cancelled", |n| {
+            n.drain_offline = false
+        })?;
         self.get_node(name)
     }
 
-    /// One step of every draining node's instances. A VM is stopped, its stopped disk
-    /// backed up, and it is placed again from the backup: no write is lost. A process
-    /// is backed up while frozen and placed again from the backup (its writes after
-    /// the backup are lost; the old copy stops when its node sees it moved).
+    /// One step of every draining node's instances. A running VM is live-migrated
+    /// (see [`crate::migration`]); where that cannot be, or the drain is offline, it is
+    /// stopped, its stopped disk backed up, and it is placed again from the backup: no
+    /// write is lost either way. A process is backed up while frozen and placed again
+    /// from the backup (its writes after the backup are lost; the old copy stops when
+    /// its node sees it moved).
     fn drain_pass(&self) -> Result<()> {
         let instances = self.all_instances()?;
-        let draining: Vec<String> = self
-            .all_nodes_with(&instances)?
-            .into_iter()
+        let nodes = self.all_nodes_with(&instances)?;
+        let draining: Vec<&nimbus_api::Node> = nodes
+            .iter()
             .filter(|n| n.state == NodeState::Draining)
-            .map(|n| n.name)
             .collect();
-        for node in draining {
+        for drained in draining {
+            let node = drained.name.clone();
             let on: Vec<&Instance> = instances
                 .iter()
                 .filter(|i| i.node.as_deref() == Some(node.as_str()))
@@ -551,7 +563,7 @@ impl Cluster {
             }
             self.liveness.not_empty(&node);
             for inst in on {
-                if let Err(e) = self.drain_step(inst, &node) {
+                if let Err(e) = self.drain_step(inst, drained, &nodes) {
                     match e {
                         ServerError::NotFound { .. } | ServerError::Conflict(_) => {}
                         e => tracing::warn!(instance = %inst.name, error = %e, "drain step failed"),
@@ -562,9 +574,18 @@ impl Cluster {
         Ok(())
     }
 
-    fn drain_step(&self, inst: &Instance, node: &str) -> Result<()> {
+    fn drain_step(
+        &self,
+        inst: &Instance,
+        drained: &nimbus_api::Node,
+        nodes: &[nimbus_api::Node],
+    ) -> Result<()> {
         let now = now_ms();
         let name = inst.name.as_str();
+        let node = drained.name.as_str();
+        if let Some(m) = &inst.migration {
+            return self.check_live_migration(inst, m);
+        }
         let Some(r) = inst
             .recovery
             .clone()
@@ -572,6 +593,16 @@ impl Cluster {
         else {
             if inst.desired == DesiredState::Stopped || inst.desired == DesiredState::Deleted {
                 return Ok(()); // a stop or delete in flight: nothing to move
+            }
+            let mut offline_because = None;
+            if inst.kind == InstanceKind::Vm
+                && inst.state == InstanceState::Running
+                && !drained.drain_offline
+            {
+                match self.start_live_migration(inst, node, nodes)? {
+                    LiveStart::Started | LiveStart::Waiting => return Ok(()),
+                    LiveStart::Offline(why) => offline_because = Some(why),
+                }
             }
             // Claim the move first (one compare-and-swap); the backup comes after.
             let r = Recovery {
@@ -584,9 +615,12 @@ impl Cluster {
                 backup: None,
                 backup_taken_at_ms: None,
             };
-            let how = match inst.kind {
-                InstanceKind::Vm => "stopping it to back up its disk",
-                InstanceKind::Process => "backing up its data directory",
+            let how = match (inst.kind, offline_because) {
+                (InstanceKind::Vm, None) => "stopping it to back up its disk".to_string(),
+                (InstanceKind::Vm, Some(why)) => {
+                    format!("stopping it to back up its disk (not live: {why})")
+                }
+                (InstanceKind::Process, _) => "backing up its data directory".to_string(),
             };
             let mut claimed = false;
             self.modify_instance(name, |i| {

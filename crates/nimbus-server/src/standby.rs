@@ -11,11 +11,10 @@ use nimbus_api::{
     HaPolicy, Instance, InstanceKind, InstanceState, MoveCause, NodeState, Recovery, Standby,
     StandbyReport,
 };
-use nimbus_sched::SchedulerConfig;
 
 use crate::cluster::{now_ms, Cluster};
 use crate::error::Result;
-use crate::reconcile::{request_for, snapshot, NODE_LABEL};
+use crate::reconcile::NODE_LABEL;
 
 impl Cluster {
     /// Keeps a standby for every running hot instance. Run by the scheduler loop right
@@ -74,29 +73,24 @@ impl Cluster {
             .filter(|n| n.name != primary)
             .cloned()
             .collect();
-        let (infos, _) = snapshot(&others, &[]);
-        let mut req = request_for(inst);
-        req.node_selector.remove(NODE_LABEL);
-        let plan = nimbus_sched::schedule(infos, vec![req], &SchedulerConfig::default(), now_ms());
-        let Some(p) = plan.placements.first() else {
-            let why = plan
-                .unplaced
-                .first()
-                .map(|(_, w)| w.reason.clone())
-                .unwrap_or_default();
-            let reason = format!("no standby node: {why}");
-            self.modify_instance(&inst.name, |i| {
-                if i.reason.as_deref() == Some(reason.as_str()) || i.state != InstanceState::Running
-                {
-                    return Ok(false);
-                }
-                i.reason = Some(reason.clone());
-                Ok(true)
-            })?;
-            return Ok(());
+        let to = match self.place_elsewhere(inst, &others) {
+            Ok(to) => to,
+            Err(why) => {
+                let reason = format!("no standby node: {why}");
+                self.modify_instance(&inst.name, |i| {
+                    if i.reason.as_deref() == Some(reason.as_str())
+                        || i.state != InstanceState::Running
+                    {
+                        return Ok(false);
+                    }
+                    i.reason = Some(reason.clone());
+                    Ok(true)
+                })?;
+                return Ok(());
+            }
         };
         let standby = Standby {
-            node: p.node.clone(),
+            node: to.clone(),
             generation: inst.generation,
             endpoint: None,
             // A process has nothing to replicate: the reserved node is ready at once.
@@ -125,8 +119,7 @@ impl Cluster {
                 "instance",
                 &inst.name,
                 format!(
-                    "standby on {} (capacity reserved{})",
-                    p.node,
+                    "standby on {to} (capacity reserved{})",
                     if inst.kind == InstanceKind::Vm {
                         "; its replica of the disk is being synchronised"
                     } else {

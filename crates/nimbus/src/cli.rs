@@ -379,10 +379,14 @@ pub enum NodeCommand {
     List,
     /// Show one node.
     Show { name: String },
-    /// Move every instance off a node and stop placing new ones there (VMs are stopped,
-    /// backed up and restored elsewhere; processes are backed up and restored).
+    /// Move every instance off a node and stop placing new ones there (running VMs are
+    /// live-migrated, others stopped, backed up and restored elsewhere; processes are
+    /// backed up and restored).
     Drain {
         name: String,
+        /// Move running VMs offline (stop, back up, restore) instead of live.
+        #[arg(long)]
+        offline: bool,
         /// Return at once instead of waiting until the node is empty.
         #[arg(long)]
         no_wait: bool,

@@ -39,9 +39,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Node(NodeCommand::Drain {
             name,
+            offline,
             no_wait,
             timeout,
-        }) => drain(&api, out, &name, no_wait, timeout).await,
+        }) => drain(&api, out, &name, offline, no_wait, timeout).await,
         Command::Node(NodeCommand::Undrain { name }) => {
             let n: Node = api
                 .post(&format!("/v1/nodes/{name}/undrain"), &serde_json::json!({}))
@@ -296,11 +297,15 @@ async fn drain(
     api: &ApiClient,
     out: Output,
     name: &str,
+    offline: bool,
     no_wait: bool,
     timeout: u64,
 ) -> Result<i32> {
     let n: Node = api
-        .post(&format!("/v1/nodes/{name}/drain"), &serde_json::json!({}))
+        .post(
+            &format!("/v1/nodes/{name}/drain?offline={offline}"),
+            &serde_json::json!({}),
+        )
         .await?;
     if no_wait {
         println!("{}", output::nodes(out, std::slice::from_ref(&n)));
@@ -323,6 +328,7 @@ async fn drain(
                     .is_some_and(|r| r.from_node == name && i.state != InstanceState::Running)
             })
             .count();
+        let live = left.iter().filter(|i| i.migration.is_some()).count();
         if left.is_empty() && moving == 0 {
             bar.finish_and_clear();
             let n = api.get_node(name).await?;
@@ -330,7 +336,8 @@ async fn drain(
             return Ok(0);
         }
         bar.set_message(format!(
-            "draining {name}: {} instance(s) still there, {moving} starting elsewhere",
+            "draining {name}: {} instance(s) still there ({live} migrating live), {moving} \
+             starting elsewhere",
             left.len()
         ));
         if std::time::Instant::now() > deadline {

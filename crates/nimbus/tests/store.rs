@@ -420,8 +420,129 @@ fn backup_of_a_running_process_restores_its_data_dir_on_another_node() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("archive"));
 }
 
+/// The guest's `tick BOOT_ID N DISK_MARKER` lines: its boot, a counter, and what it
+/// read from its disk with the page cache dropped.
+fn ticks(c: &TestCluster, name: &str) -> Vec<(String, u64, String)> {
+    let out = c.cli(&["instance", "logs", name]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.trim().strip_prefix("tick ")?.split(' ');
+            let boot = w.next()?.to_string();
+            let n = w.next()?.parse().ok()?;
+            Some((boot, n, w.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
 #[test]
-fn draining_a_node_moves_a_vm_with_its_disk() {
+fn draining_a_node_live_migrates_a_running_vm_without_a_reboot() {
+    let mut c = TestCluster::up("t-live-a", &[]);
+    assert!(c.cli(&["image", "build", "tiny"]).status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let ud = dir.path().join("ticks.sh");
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\n\
+         echo \"persisted-$RANDOM-$RANDOM\" | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null\n\
+         boot=$(cat /proc/sys/kernel/random/boot_id)\n\
+         n=0\n\
+         while true; do\n\
+           n=$((n+1))\n\
+           echo 3 > /proc/sys/vm/drop_caches\n\
+           disk=$(dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000')\n\
+           echo \"tick $boot $n $disk\"\n\
+           sleep 0.3\n\
+         done\n",
+    )
+    .unwrap();
+    c.cli_ok(&[
+        "instance",
+        "create",
+        "live",
+        "--vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "128Mi",
+        "--disk-size",
+        "16Mi",
+        "--port",
+        "80",
+        "--user-data",
+        ud.to_str().unwrap(),
+    ]);
+    let vm = wait_ready(&c, "live");
+    assert_eq!(vm["node"], "t-live-a");
+    let (boot, before, marker) = c.wait_for("the guest's ticks", Duration::from_secs(60), || {
+        ticks(&c, "live")
+            .pop()
+            .filter(|t| t.2.starts_with("persisted-"))
+    });
+    c.add_agent("t-live-b", &[]);
+
+    c.cli_ok(&["node", "drain", "t-live-a", "--timeout", "240"]);
+    let moved = c.wait_for(
+        "the guest ready on t-live-b",
+        Duration::from_secs(60),
+        || {
+            let v = c.instance("live");
+            let console = c
+                .dir
+                .path()
+                .join("agent-t-live-b/instances/live/output.log");
+            assert!(
+                v["state"] == "running",
+                "{v}\nconsole on t-live-b:\n{}\n{}",
+                std::fs::read_to_string(console).unwrap_or_default(),
+                c.logs()
+            );
+            (v["guest_ready"] == true).then_some(v)
+        },
+    );
+    assert_eq!(moved["node"], "t-live-b", "{moved}");
+    // The same boot goes on counting on the new node, and reads the same disk there.
+    let after = c.wait_for("ticks on the new node", Duration::from_secs(30), || {
+        let t = ticks(&c, "live");
+        (t.len() >= 3).then_some(t)
+    });
+    for (b, n, disk) in &after {
+        assert_eq!(b, &boot, "the guest did not reboot: {after:?}");
+        assert!(*n > before, "the counter went on from {before}: {after:?}");
+        assert_eq!(disk, &marker, "the disk came along: {after:?}");
+    }
+    let console = String::from_utf8_lossy(&c.cli(&["instance", "logs", "live"]).stdout).to_string();
+    assert!(
+        !console.contains("nimbus-guest-ready"),
+        "no boot on the new node: {console}"
+    );
+    let (_, events) = c.http("GET", "/v1/events?limit=1000", None);
+    let moved_event = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "instance_moved" && e["object"] == "live")
+        .unwrap_or_else(|| panic!("{events}"));
+    let msg = moved_event["message"].as_str().unwrap();
+    assert!(
+        msg.contains("live-migrated from t-live-a to t-live-b") && msg.contains("guest paused"),
+        "{msg}"
+    );
+    // One QEMU for it: the source's paused copy quit.
+    c.wait_for("the source's QEMU to quit", Duration::from_secs(30), || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "qemu-system-x86_64 -name live "])
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).lines().count() == 1).then_some(())
+    });
+    let (_, node) = c.http("GET", "/v1/nodes/t-live-a", None);
+    assert_eq!(node["state"], "draining");
+    assert_eq!(node["instances"], 0);
+}
+
+#[test]
+fn an_offline_drain_moves_a_vm_by_backup_with_its_disk() {
     let mut c = TestCluster::up("t-vdrain-a", &[]);
     assert!(c.cli(&["image", "build", "tiny"]).status.success());
     let dir = tempfile::tempdir().unwrap();
@@ -447,7 +568,14 @@ fn draining_a_node_moves_a_vm_with_its_disk() {
     let marker = fetch(&c, &vm, "/disk.txt");
     c.add_agent("t-vdrain-b", &[]);
 
-    let out = c.cli(&["node", "drain", "t-vdrain-a", "--timeout", "240"]);
+    let out = c.cli(&[
+        "node",
+        "drain",
+        "t-vdrain-a",
+        "--offline",
+        "--timeout",
+        "240",
+    ]);
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -91,6 +91,36 @@ pub struct TaskConfig {
     pub dir: PathBuf,
     /// VMs: the image files on this node and the resolved port forwards.
     pub vm: Option<VmConfig>,
+    /// VMs: start as the target of a live migration instead of booting.
+    pub incoming: Option<IncomingConfig>,
+}
+
+/// The target side of a live migration: the VM's QEMU starts waiting for the VM's
+/// memory and device state, and serves an empty disk for the source's copy.
+#[derive(Debug, Clone)]
+pub struct IncomingConfig {
+    /// This node's address: the migration stream and the disk export listen on it.
+    pub address: String,
+    /// Size of the empty disk that receives the copy (None: the VM has no disk).
+    pub disk_bytes: Option<u64>,
+}
+
+/// Where the target of a live migration is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// Still waiting, at this target.
+    Waiting(nimbus_api::MigrationTarget),
+    /// The guest runs here; the disk export has ended.
+    Arrived,
+}
+
+/// How a live migration went, as QEMU measured it on the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationStats {
+    /// Milliseconds the guest was paused for the switch.
+    pub downtime_ms: Option<u64>,
+    /// Milliseconds from the start of the disk copy to the switch.
+    pub total_ms: u64,
 }
 
 /// What the QEMU driver needs beyond the spec, resolved by the agent.
@@ -222,6 +252,29 @@ pub trait Driver: Send + Sync {
     /// VMs: ends the mirror (the disk stays as it is).
     fn stop_mirror(&self, _handle: &TaskHandle) -> Result<(), DriverError> {
         Ok(())
+    }
+    /// VMs started with [`TaskConfig::incoming`]: whether the migration is still awaited
+    /// (and where), or has arrived, in which case the disk export is ended.
+    fn poll_incoming(&self, _handle: &TaskHandle) -> Result<Incoming, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "{} tasks cannot be migrated",
+            self.name()
+        )))
+    }
+    /// VMs: live-migrates the running VM to a waiting target: the disk is mirrored to
+    /// the target's export until in sync (writes then reach both), then memory and
+    /// device state follow. On success the VM here is paused for good; on failure it
+    /// runs on here. Gives up after `timeout`.
+    fn migrate(
+        &self,
+        _handle: &TaskHandle,
+        _to: &nimbus_api::MigrationTarget,
+        _timeout: Duration,
+    ) -> Result<MigrationStats, DriverError> {
+        Err(DriverError::Unsupported(format!(
+            "{} tasks cannot be migrated",
+            self.name()
+        )))
     }
     /// VMs: the virtual size of the disk in bytes.
     fn disk_bytes(&self, _handle: &TaskHandle) -> Option<u64> {

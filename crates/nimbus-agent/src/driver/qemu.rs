@@ -24,8 +24,8 @@ use nimbus_api::instance::QEMU_OVERHEAD_MIB;
 use super::process::ProcessDriver;
 use super::qmp;
 use super::{
-    Driver, DriverError, Fingerprint, MirrorTarget, TaskConfig, TaskDetails, TaskHandle, TaskState,
-    TaskStats, VmBoot, LOG_FILE,
+    Driver, DriverError, Fingerprint, Incoming, MigrationStats, MirrorTarget, TaskConfig,
+    TaskDetails, TaskHandle, TaskState, TaskStats, VmBoot, LOG_FILE,
 };
 
 /// QEMU binary.
@@ -40,10 +40,17 @@ const DISK_ID: &str = "disk0";
 /// Block node of the mirror's NBD target, and the mirror job.
 const REPLICA_NODE: &str = "replica0";
 const MIRROR_JOB: &str = "mirror0";
+/// Live migration: the block node of the target's disk export, and the copy job.
+const MIGRATION_NODE: &str = "migration0";
+const MIGRATION_JOB: &str = "migrate0";
+/// Ports the target of a live migration listens on (disk export, migration stream).
+const MIGRATION_PORTS: std::ops::Range<u16> = 40000..50000;
 
 const KEY_ACCEL: &str = "accelerator";
 const KEY_ENDPOINTS: &str = "endpoints";
 const KEY_STARTED_MS: &str = "started_ms";
+/// The target of a live migration: where it waits (JSON), until the VM arrives.
+const KEY_INCOMING: &str = "incoming";
 
 /// Runs VMs.
 pub struct QemuDriver {
@@ -86,7 +93,12 @@ impl QemuDriver {
         self.accel.get_or_init(probe_accelerator).clone()
     }
 
-    fn qemu_args(&self, cfg: &TaskConfig, accel: &str) -> Result<Vec<String>, DriverError> {
+    fn qemu_args(
+        &self,
+        cfg: &TaskConfig,
+        accel: &str,
+        has_disk: bool,
+    ) -> Result<Vec<String>, DriverError> {
         let vm = cfg.vm.as_ref().ok_or_else(|| {
             DriverError::Start("no VM configuration (image) resolved for this instance".into())
         })?;
@@ -132,7 +144,7 @@ impl QemuDriver {
                 kernel,
                 initrd,
                 cmdline,
-                disk_base,
+                ..
             } => {
                 a.extend([
                     "-kernel".into(),
@@ -142,13 +154,11 @@ impl QemuDriver {
                     "-append".into(),
                     cmdline.clone(),
                 ]);
-                if spec.disk_mib > 0 || disk_base.is_some() {
-                    a.extend(drive(&dir.join("overlay.qcow2"), "qcow2", false));
-                }
             }
-            VmBoot::Disk { .. } => {
-                a.extend(drive(&dir.join("overlay.qcow2"), "qcow2", false));
-            }
+            VmBoot::Disk { .. } => {}
+        }
+        if has_disk {
+            a.extend(drive(&dir.join("overlay.qcow2"), "qcow2", false));
         }
         a.extend(drive(&dir.join("seed.iso"), "raw", true));
         let mut netdev = "user,id=net0".to_string();
@@ -161,19 +171,36 @@ impl QemuDriver {
             "-device".into(),
             "virtio-net-pci,netdev=net0".into(),
         ]);
+        if cfg.incoming.is_some() {
+            // Wait for the VM: its memory and devices come from the source. It stays
+            // paused after it arrives (-S) until the disk export has ended: the
+            // guest's disk can only be opened for writing once the export lets go.
+            a.extend(["-incoming".into(), "defer".into(), "-S".into()]);
+        }
         Ok(a)
     }
 
-    /// Creates the instance's disk: a qcow2 overlay on the read-only base (linked clone).
-    fn prepare_disk(&self, cfg: &TaskConfig) -> Result<(), DriverError> {
-        let Some(vm) = &cfg.vm else { return Ok(()) };
+    /// Creates the instance's disk: a qcow2 overlay on the read-only base (linked clone),
+    /// or, for the target of a live migration, an empty disk the size of the source's.
+    /// Returns whether the VM has a disk.
+    fn prepare_disk(&self, cfg: &TaskConfig) -> Result<bool, DriverError> {
+        let Some(vm) = &cfg.vm else { return Ok(false) };
         let overlay = cfg.dir.join("overlay.qcow2");
-        if overlay.exists() {
-            return Ok(()); // a restart keeps the disk
-        }
-        let size = (cfg.spec.disk_mib > 0).then(|| format!("{}M", cfg.spec.disk_mib));
         let mut cmd = Command::new("qemu-img");
         cmd.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(incoming) = &cfg.incoming {
+            let _ = fs::remove_file(&overlay);
+            let Some(bytes) = incoming.disk_bytes else {
+                return Ok(false);
+            };
+            cmd.arg(&overlay).arg(bytes.to_string());
+            run_tool(&mut cmd, "qemu-img create")?;
+            return Ok(true);
+        }
+        if overlay.exists() {
+            return Ok(true); // a restart keeps the disk
+        }
+        let size = (cfg.spec.disk_mib > 0).then(|| format!("{}M", cfg.spec.disk_mib));
         match &vm.boot {
             VmBoot::Disk { base, format } => {
                 cmd.arg("-b").arg(base).args(["-F", format]);
@@ -182,7 +209,7 @@ impl QemuDriver {
                 Some(base) => {
                     cmd.arg("-b").arg(base).args(["-F", "raw"]);
                 }
-                None if size.is_none() => return Ok(()),
+                None if size.is_none() => return Ok(false),
                 None => {}
             },
         }
@@ -192,7 +219,159 @@ impl QemuDriver {
         }
         run_tool(&mut cmd, "qemu-img create")?;
         // A disk size below the base's virtual size leaves qemu-img's default (the base's).
-        Ok(())
+        Ok(true)
+    }
+
+    /// The target of a live migration, once its QEMU runs: serves the empty disk over
+    /// NBD (writable, for the source's mirror) and listens for the migration stream.
+    fn await_migration(
+        &self,
+        cfg: &TaskConfig,
+        address: &str,
+        has_disk: bool,
+    ) -> Result<nimbus_api::MigrationTarget, DriverError> {
+        let sock = cfg.dir.join("qmp.sock");
+        let deadline = Instant::now() + QMP_TIMEOUT;
+        while qmp::query_status(&sock, Duration::from_millis(500)).is_err() {
+            if Instant::now() >= deadline {
+                return Err(DriverError::Start(format!(
+                    "QEMU did not answer on {} within {QMP_TIMEOUT:?}",
+                    sock.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut ports = MIGRATION_PORTS
+            .clone()
+            .filter(|p| std::net::TcpListener::bind((address, *p)).is_ok());
+        let mut disk = None;
+        if has_disk {
+            let port = ports
+                .next()
+                .ok_or_else(|| DriverError::Start("no free port for the disk export".into()))?;
+            let node = disk_node_name(&sock)?;
+            qmp::execute(
+                &sock,
+                QMP_TIMEOUT,
+                "nbd-server-start",
+                serde_json::json!({
+                    "addr": { "type": "inet", "data": { "host": address, "port": port.to_string() } }
+                }),
+            )?;
+            let export = format!("{}.{}", cfg.name, cfg.generation);
+            qmp::execute(
+                &sock,
+                QMP_TIMEOUT,
+                "block-export-add",
+                serde_json::json!({
+                    "type": "nbd", "id": MIGRATION_NODE, "node-name": node,
+                    "name": export, "writable": true,
+                }),
+            )?;
+            disk = Some(format!("{address}:{port}/{export}"));
+        }
+        let port = ports
+            .next()
+            .ok_or_else(|| DriverError::Start("no free port for the migration".into()))?;
+        let uri = format!("tcp:{address}:{port}");
+        // The disk is activated at `cont`, after the export ended, not on arrival; the
+        // arrival is an event, so the guest resumes at once (see `watch_events`).
+        qmp::execute(
+            &sock,
+            QMP_TIMEOUT,
+            "migrate-set-capabilities",
+            serde_json::json!({
+                "capabilities": [
+                    { "capability": "late-block-activate", "state": true },
+                    { "capability": "events", "state": true },
+                ]
+            }),
+        )?;
+        qmp::execute(
+            &sock,
+            QMP_TIMEOUT,
+            "migrate-incoming",
+            serde_json::json!({ "uri": uri }),
+        )?;
+        Ok(nimbus_api::MigrationTarget { disk, uri })
+    }
+
+    /// The source side of [`Driver::migrate`], without the clean-up.
+    fn send_vm(
+        sock: &Path,
+        to: &nimbus_api::MigrationTarget,
+        deadline: Instant,
+    ) -> Result<Option<u64>, DriverError> {
+        let failed = |message: String| DriverError::Qmp {
+            socket: sock.display().to_string(),
+            message,
+        };
+        if let Some(disk) = &to.disk {
+            let t: MirrorTarget = disk.parse().map_err(failed)?;
+            qmp::execute(
+                sock,
+                QMP_TIMEOUT,
+                "blockdev-add",
+                serde_json::json!({
+                    "driver": "nbd",
+                    "node-name": MIGRATION_NODE,
+                    "server": { "type": "inet", "host": t.host, "port": t.port.to_string() },
+                    "export": t.export,
+                }),
+            )?;
+            // Write-blocking: once in sync, every guest write reaches the target before
+            // it completes, so the target's disk is whole the moment the guest pauses.
+            qmp::execute(
+                sock,
+                QMP_TIMEOUT,
+                "blockdev-mirror",
+                serde_json::json!({
+                    "job-id": MIGRATION_JOB,
+                    "device": DISK_ID,
+                    "target": MIGRATION_NODE,
+                    "sync": "full",
+                    "copy-mode": "write-blocking",
+                }),
+            )?;
+            loop {
+                let job = block_job(sock, MIGRATION_JOB)?
+                    .ok_or_else(|| failed("the disk copy to the target failed".into()))?;
+                if job.get("ready").and_then(|r| r.as_bool()) == Some(true) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(failed("the disk copy did not finish in time".into()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        qmp::execute(
+            sock,
+            QMP_TIMEOUT,
+            "migrate",
+            serde_json::json!({ "uri": to.uri }),
+        )?;
+        loop {
+            let m = qmp::execute(sock, QMP_TIMEOUT, "query-migrate", serde_json::json!({}))?;
+            match m.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+                "completed" => return Ok(m.get("downtime").and_then(|d| d.as_u64())),
+                "failed" | "cancelled" => {
+                    return Err(failed(format!(
+                        "migration {}: {}",
+                        m["status"].as_str().unwrap_or(""),
+                        m.get("error-desc")
+                            .and_then(|e| e.as_str())
+                            .unwrap_or("no reason given")
+                    )))
+                }
+                _ if Instant::now() >= deadline => {
+                    let _ =
+                        qmp::execute(sock, QMP_TIMEOUT, "migrate_cancel", serde_json::json!({}));
+                    return Err(failed("the migration did not finish in time".into()));
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 
     /// Writes the cloud-init NoCloud seed (`cidata` ISO with meta-data and user-data).
@@ -254,9 +433,16 @@ impl QemuDriver {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let log = dir.join("events.jsonl");
-            let _ = qmp::follow_events(&sock, |_, v| {
+            let control = dir.join("qmp.sock");
+            let _ = qmp::follow_events(&sock, |name, v| {
                 if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) {
                     let _ = writeln!(f, "{v}");
+                }
+                // The target of a live migration: the VM has arrived, run it now.
+                if name == "MIGRATION" && v.pointer("/data/status") == Some(&"completed".into()) {
+                    if let Err(e) = resume_arrived(&control) {
+                        tracing::warn!(error = %e, "resuming a migrated VM failed");
+                    }
                 }
             });
             watchers
@@ -295,15 +481,66 @@ impl QemuDriver {
     }
 }
 
-/// The VM's mirror job as `query-block-jobs` describes it, if there is one.
-fn mirror_job(sock: &Path) -> Result<Option<serde_json::Value>, DriverError> {
+/// A block job of the VM as `query-block-jobs` describes it, if there is one.
+fn block_job(sock: &Path, id: &str) -> Result<Option<serde_json::Value>, DriverError> {
     let jobs = qmp::execute(sock, QMP_TIMEOUT, "query-block-jobs", serde_json::json!({}))?;
     Ok(jobs
         .as_array()
         .into_iter()
         .flatten()
-        .find(|j| j.get("device").and_then(|d| d.as_str()) == Some(MIRROR_JOB))
+        .find(|j| j.get("device").and_then(|d| d.as_str()) == Some(id))
         .cloned())
+}
+
+/// Ends a block job (a ready mirror completes with its target whole) and removes the
+/// job's target node.
+fn end_block_job(sock: &Path, job: &str, node: &str) -> Result<(), DriverError> {
+    let _ = qmp::execute(
+        sock,
+        QMP_TIMEOUT,
+        "block-job-cancel",
+        serde_json::json!({ "device": job, "force": true }),
+    );
+    // The job ends asynchronously; the target node can go once it has.
+    let deadline = Instant::now() + QMP_TIMEOUT;
+    while Instant::now() < deadline && block_job(sock, job)?.is_some() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = qmp::execute(
+        sock,
+        QMP_TIMEOUT,
+        "blockdev-del",
+        serde_json::json!({ "node-name": node }),
+    );
+    Ok(())
+}
+
+/// The target of a live migration, once the VM has arrived (paused, `-S`): the source
+/// is paused for good, so the disk export ends, and the guest runs, opening its disk
+/// for writing. Idempotent.
+fn resume_arrived(sock: &Path) -> Result<(), DriverError> {
+    if qmp::query_status(sock, QMP_TIMEOUT)? == "paused" {
+        let _ = qmp::execute(sock, QMP_TIMEOUT, "nbd-server-stop", serde_json::json!({}));
+        qmp::cont(sock, QMP_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+/// The block node under the VM's disk drive (what an export serves).
+fn disk_node_name(sock: &Path) -> Result<String, DriverError> {
+    let blocks = qmp::execute(sock, QMP_TIMEOUT, "query-block", serde_json::json!({}))?;
+    blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b.get("device").and_then(|d| d.as_str()) == Some(DISK_ID))
+        .and_then(|b| b.pointer("/inserted/node-name"))
+        .and_then(|n| n.as_str())
+        .map(String::from)
+        .ok_or_else(|| DriverError::Qmp {
+            socket: sock.display().to_string(),
+            message: format!("no block node under drive {DISK_ID}"),
+        })
 }
 
 fn drive(path: &Path, format: &str, readonly: bool) -> [String; 2] {
@@ -434,11 +671,11 @@ impl Driver for QemuDriver {
         for stale in ["qmp.sock", "qmp-events.sock", "events.jsonl"] {
             let _ = fs::remove_file(cfg.dir.join(stale));
         }
-        self.prepare_disk(cfg)?;
+        let has_disk = self.prepare_disk(cfg)?;
         self.prepare_seed(cfg)?;
         let (accel, _) = self.accelerator();
         let mut argv = vec![QEMU.to_string()];
-        argv.extend(self.qemu_args(cfg, &accel)?);
+        argv.extend(self.qemu_args(cfg, &accel, has_disk)?);
         let mut pcfg = cfg.clone();
         pcfg.spec.command = argv;
         pcfg.spec.memory_mib = cfg.spec.memory_mib + QEMU_OVERHEAD_MIB;
@@ -461,6 +698,19 @@ impl Driver for QemuDriver {
             .data
             .insert(KEY_STARTED_MS.into(), started.to_string());
         self.watch_events(&cfg.dir);
+        if let Some(incoming) = &cfg.incoming {
+            match self.await_migration(cfg, &incoming.address, has_disk) {
+                Ok(target) => {
+                    let json = serde_json::to_string(&target).unwrap_or_default();
+                    handle.data.insert(KEY_INCOMING.into(), json);
+                }
+                Err(e) => {
+                    let _ = self.process.stop(&handle, Duration::from_secs(2));
+                    let _ = self.destroy(&handle);
+                    return Err(e);
+                }
+            }
+        }
         Ok(handle)
     }
 
@@ -484,7 +734,12 @@ impl Driver for QemuDriver {
 
     fn stop(&self, handle: &TaskHandle, grace: Duration) -> Result<(), DriverError> {
         let sock = Self::qmp_sock(handle);
-        if matches!(self.process.status(handle), Ok(TaskState::Running))
+        // A VM that migrated away must never run here again (`cont` would resume it
+        // next to its new copy), nor one that waits for a migration: no power button.
+        let status = qmp::query_status(&sock, QMP_TIMEOUT).unwrap_or_default();
+        if matches!(status.as_str(), "postmigrate" | "inmigrate") {
+            let _ = qmp::quit(&sock, QMP_TIMEOUT);
+        } else if matches!(self.process.status(handle), Ok(TaskState::Running))
             && qmp::system_powerdown(&sock, QMP_TIMEOUT).is_ok()
         {
             // A paused guest cannot react to the power button.
@@ -589,7 +844,7 @@ impl Driver for QemuDriver {
 
     fn mirror_in_sync(&self, handle: &TaskHandle) -> Result<bool, DriverError> {
         let sock = Self::qmp_sock(handle);
-        let job = mirror_job(&sock)?.ok_or_else(|| DriverError::Qmp {
+        let job = block_job(&sock, MIRROR_JOB)?.ok_or_else(|| DriverError::Qmp {
             socket: sock.display().to_string(),
             message: "the mirror job is gone (its target failed or it was cancelled)".into(),
         })?;
@@ -598,25 +853,52 @@ impl Driver for QemuDriver {
     }
 
     fn stop_mirror(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        end_block_job(&Self::qmp_sock(handle), MIRROR_JOB, REPLICA_NODE)
+    }
+
+    fn poll_incoming(&self, handle: &TaskHandle) -> Result<Incoming, DriverError> {
+        let Some(target) = handle.data.get(KEY_INCOMING) else {
+            return Ok(Incoming::Arrived);
+        };
         let sock = Self::qmp_sock(handle);
-        let _ = qmp::execute(
-            &sock,
-            QMP_TIMEOUT,
-            "block-job-cancel",
-            serde_json::json!({ "device": MIRROR_JOB, "force": true }),
-        );
-        // The job ends asynchronously; the target node can go once it has.
-        let deadline = std::time::Instant::now() + QMP_TIMEOUT;
-        while std::time::Instant::now() < deadline && mirror_job(&sock)?.is_some() {
-            std::thread::sleep(Duration::from_millis(20));
+        match qmp::query_status(&sock, QMP_TIMEOUT)?.as_str() {
+            "inmigrate" => serde_json::from_str(target)
+                .map(Incoming::Waiting)
+                .map_err(|e| DriverError::Qmp {
+                    socket: sock.display().to_string(),
+                    message: format!("bad migration target in the task handle: {e}"),
+                }),
+            "paused" | "running" => {
+                resume_arrived(&sock)?;
+                Ok(Incoming::Arrived)
+            }
+            other => Err(DriverError::Qmp {
+                socket: sock.display().to_string(),
+                message: format!("waiting for a migration, the VM is {other}"),
+            }),
         }
-        let _ = qmp::execute(
-            &sock,
-            QMP_TIMEOUT,
-            "blockdev-del",
-            serde_json::json!({ "node-name": REPLICA_NODE }),
-        );
-        Ok(())
+    }
+
+    fn migrate(
+        &self,
+        handle: &TaskHandle,
+        to: &nimbus_api::MigrationTarget,
+        timeout: Duration,
+    ) -> Result<MigrationStats, DriverError> {
+        let sock = Self::qmp_sock(handle);
+        let began = Instant::now();
+        // One block job per disk: a hot standby's mirror makes way.
+        self.stop_mirror(handle)?;
+        let sent = Self::send_vm(&sock, to, began + timeout);
+        if to.disk.is_some() {
+            // After a completed migration the copy is whole (the guest is paused).
+            let _ = end_block_job(&sock, MIGRATION_JOB, MIGRATION_NODE);
+        }
+        let downtime_ms = sent?;
+        Ok(MigrationStats {
+            downtime_ms,
+            total_ms: began.elapsed().as_millis() as u64,
+        })
     }
 
     fn disk_bytes(&self, handle: &TaskHandle) -> Option<u64> {

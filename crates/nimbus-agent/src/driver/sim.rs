@@ -300,6 +300,7 @@ mod tests {
             spec,
             dir: format!("/nonexistent/{name}").into(),
             vm: None,
+            incoming: None,
         }
     }
 

@@ -263,7 +263,10 @@ pub async fn post_logs(
     let c = app.cluster.clone();
     blocking(move || {
         let inst = c.get_instance(&name)?;
-        if inst.generation != q.generation {
+        // The current placement, or the target of a live migration (the guest's
+        // output there may arrive before the switch).
+        let migrating = inst.migration.as_ref().map(|m| m.generation);
+        if inst.generation != q.generation && migrating != Some(q.generation) {
             return Ok(());
         }
         c.logs.append(&name, q.generation, q.offset, &body)

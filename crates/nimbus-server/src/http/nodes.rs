@@ -15,18 +15,31 @@ use crate::error::{Result, ServerError};
 /// Longest an assignments long-poll may wait.
 const MAX_WAIT_SECS: u64 = 60;
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DrainQuery {
+    /// Move running VMs offline (stop, back up, restore) instead of live-migrating them.
+    #[serde(default)]
+    pub offline: bool,
+}
+
 /// Drain a node: it takes no new instances and its instances move to other nodes
-/// (VMs: stopped, backed up and restored there; processes: backed up and restored).
+/// (running VMs: live-migrated, or with `offline` stopped, backed up and restored there;
+/// processes: backed up and restored).
 #[utoipa::path(post, path = "/v1/nodes/{name}/drain", tag = "nodes",
-    params(("name" = String, Path, description = "Node name")),
+    params(("name" = String, Path, description = "Node name"), DrainQuery),
     responses((status = 200, body = Node), (status = 404, body = ErrorBody),
         (status = 409, description = "The node is down", body = ErrorBody)))]
 pub async fn drain_node(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<DrainQuery>,
 ) -> Result<Json<Node>> {
     let c = app.cluster.clone();
-    Ok(Json(blocking(move || c.drain_node(&name)).await?))
+    Ok(Json(
+        blocking(move || c.drain_node(&name, q.offline)).await?,
+    ))
 }
 
 /// Stop draining a node: it takes new instances again.
