@@ -489,6 +489,102 @@ fn a_hot_vm_fails_over_with_every_completed_write() {
 }
 
 #[test]
+fn draining_a_hot_vm_s_node_migrates_it_live_and_resynchronises_a_standby() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    let vm_node: &[&str] = &["--cpus", "1", "--memory", "1Gi"];
+    c.add_node("fo-m1", vm_node);
+    c.cli_ok(&["image", "build", "tiny"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ud = dir.path().join("counter.sh");
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\n\
+         echo booted\n\
+         i=0\n\
+         while true; do\n\
+           i=$((i+1))\n\
+           printf 'count-%d\\n' $i | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null && echo \"wrote $i\"\n\
+           sleep 0.1\n\
+         done\n",
+    )
+    .unwrap();
+    c.cli_ok(&[
+        "instance",
+        "create",
+        "hot",
+        "--vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "128Mi",
+        "--disk-size",
+        "16Mi",
+        "--ha",
+        "hot",
+        "--user-data",
+        ud.to_str().unwrap(),
+    ]);
+    running_on(&c, "hot", "fo-m1");
+    c.add_node("fo-m2", vm_node);
+    let standby = standby_node(&c, "hot");
+    c.wait_for("the replica in sync", Duration::from_secs(60), || {
+        has_event(&c, "standby_in_sync", "hot")
+    });
+    // The standby's node has no room left for the VM itself: it moves to the third.
+    c.add_node("fo-m3", vm_node);
+    let wrote = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("wrote "))
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    };
+    let console = |c: &NetCluster| {
+        String::from_utf8_lossy(&c.cli(&["instance", "console", "hot"]).stdout).to_string()
+    };
+    c.wait_for("the guest to count", Duration::from_secs(60), || {
+        (wrote(&console(&c)).len() >= 5).then_some(())
+    });
+    let before = wrote(&console(&c)).into_iter().max().unwrap();
+    c.cli_ok(&["node", "drain", "fo-m1", "--timeout", "240"]);
+    let v = running_on(&c, "hot", "fo-m3");
+    assert_ne!(standby, "fo-m3");
+    // The same guest counts on, on its disk there: no reboot.
+    let after = c.wait_for(
+        "the guest counting on fo-m3",
+        Duration::from_secs(30),
+        || {
+            let text = console(&c);
+            (wrote(&text).len() >= 5).then_some(text)
+        },
+    );
+    assert!(!after.contains("booted"), "no boot on fo-m3: {after}");
+    assert!(
+        wrote(&after).iter().all(|n| *n > before),
+        "counted on from {before}: {after}"
+    );
+    let moved = has_event(&c, "instance_moved", "hot").unwrap();
+    assert!(
+        moved["message"]
+            .as_str()
+            .unwrap()
+            .contains("live-migrated from fo-m1 to fo-m3"),
+        "{moved}"
+    );
+    // A standby for the new placement, in sync again.
+    c.wait_for(
+        "a standby in sync after the move",
+        Duration::from_secs(90),
+        || {
+            let (_, v) = c.http("GET", "/v1/instances/hot", None);
+            (v["standby"]["in_sync"] == true && v["standby"]["generation"] == v["generation"])
+                .then_some(())
+        },
+    );
+    assert!(v["node"] == "fo-m3");
+}
+
+#[test]
 fn a_standby_lost_first_is_replaced_and_two_nodes_lost_at_once_fall_back() {
     let _g = serial();
     let mut c = NetCluster::new(SERVER);
