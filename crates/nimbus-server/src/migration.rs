@@ -367,13 +367,14 @@ impl Cluster {
             .and_then(|n| self.get_node(n).ok())
             .is_some_and(|n| n.state == NodeState::Draining);
         let mut dropped = false;
+        let mut offline = false;
         self.modify_instance(name, |i| {
             if !i.migration.as_ref().is_some_and(|x| same(x, m)) {
                 return Ok(false);
             }
             dropped = true;
             i.migration = None;
-            let offline = draining
+            offline = draining
                 && i.kind == InstanceKind::Vm
                 && i.desired == DesiredState::Running
                 && i.state.can_become(InstanceState::Stopping);
@@ -394,7 +395,15 @@ impl Cluster {
                 "live_migration_failed",
                 "instance",
                 name,
-                format!("live migration to {} failed: {why}", m.to_node),
+                format!(
+                    "live migration to {} failed: {why}{}",
+                    m.to_node,
+                    if offline {
+                        "; moving it offline (stop, back up, restore)"
+                    } else {
+                        ""
+                    }
+                ),
             );
             self.schedule_now.notify_one();
         }

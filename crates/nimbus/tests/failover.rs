@@ -585,6 +585,101 @@ fn draining_a_hot_vm_s_node_migrates_it_live_and_resynchronises_a_standby() {
 }
 
 #[test]
+fn a_live_migration_whose_target_is_cut_off_falls_back_to_the_offline_move() {
+    let _g = serial();
+    let mut c = NetCluster::new(SERVER);
+    let vm_node: &[&str] = &["--cpus", "1", "--memory", "1Gi"];
+    c.add_node("fo-l1", vm_node);
+    c.cli_ok(&["image", "build", "tiny"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ud = dir.path().join("marker.sh");
+    // A marker made on the first boot and kept on the disk; every boot prints it.
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\n\
+         m=$(dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000')\n\
+         case \"$m\" in persisted-*) ;; *) m=\"persisted-$RANDOM-$RANDOM\"\n\
+           echo \"$m\" | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null ;; esac\n\
+         echo \"disk $m\"\n",
+    )
+    .unwrap();
+    c.cli_ok(&[
+        "instance",
+        "create",
+        "mig",
+        "--vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "128Mi",
+        "--disk-size",
+        "16Mi",
+        "--user-data",
+        ud.to_str().unwrap(),
+    ]);
+    running_on(&c, "mig", "fo-l1");
+    let marker = |c: &NetCluster| {
+        let out = c.cli(&["instance", "console", "mig"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("disk persisted-").map(String::from))
+    };
+    let made = c.wait_for("the guest's disk marker", Duration::from_secs(60), || {
+        marker(&c)
+    });
+    c.add_node("fo-l2", vm_node);
+    c.add_node("fo-l3", vm_node);
+
+    c.cli_ok(&["node", "drain", "fo-l1", "--no-wait"]);
+    let started = c.wait_for(
+        "the live migration to start",
+        Duration::from_secs(10),
+        || has_event(&c, "live_migration_started", "mig"),
+    );
+    let msg = started["message"].as_str().unwrap();
+    let target = msg.rsplit("live-migrating to ").next().unwrap().to_string();
+    // Cut the target off before it can receive the VM.
+    c.set_link(&target, false);
+    let failed = c.wait_for("the migration to fail", Duration::from_secs(30), || {
+        has_event(&c, "live_migration_failed", "mig")
+    });
+    let why = failed["message"].as_str().unwrap();
+    assert!(
+        why.contains(&target) && why.contains("moving it offline"),
+        "{failed}"
+    );
+    // Moved offline instead, to the node left, with its disk.
+    let other = ["fo-l2", "fo-l3"]
+        .into_iter()
+        .find(|n| *n != target)
+        .unwrap();
+    running_on(&c, "mig", other);
+    let found = c.wait_for(
+        "the guest booted on the node left",
+        Duration::from_secs(120),
+        || marker(&c),
+    );
+    assert_eq!(found, made, "the disk came along");
+    let moved = has_event(&c, "instance_rescheduled", "mig").unwrap();
+    assert!(
+        moved["message"]
+            .as_str()
+            .unwrap()
+            .contains("from backup drain-"),
+        "{moved}"
+    );
+    // Back on the network, the target stops what it started for the VM: one QEMU.
+    c.set_link(&target, true);
+    c.wait_for("one QEMU for the VM", Duration::from_secs(30), || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "qemu-system-x86_64 -name mig "])
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).lines().count() == 1).then_some(())
+    });
+}
+
+#[test]
 fn a_standby_lost_first_is_replaced_and_two_nodes_lost_at_once_fall_back() {
     let _g = serial();
     let mut c = NetCluster::new(SERVER);
