@@ -12,9 +12,10 @@
 # again after every failure: it changes with the node). Then undrain, delete the VM.
 # Measured:
 #   drain     wall time of `nimbus node drain` (until the node is empty)
-#   paused    live: how long QEMU paused the guest for the switch (its `downtime`,
-#             from the instance_moved event); offline: the downtime nimbus reports
-#             (stop to running on the new node, from the same event)
+#   paused    live: QEMU's measured downtime on the source (from the instance_moved
+#             event); the guest then waits, paused on the target, until the server has
+#             placed it there; offline: the downtime nimbus reports (stop to running on
+#             the new node, from the same event)
 #   gap       what the client saw: last answer before the move to first answer after
 #             it (includes the guest's boot when offline, and, live, the time until the
 #             new port is known)
@@ -115,7 +116,7 @@ EOF
 )
     msg=$(api "/v1/events?limit=1000" | jq -r '[.items[] | select(.kind=="instance_moved" and .object=="vm")] | last | .message')
     case "$mode" in
-      live) paused=$(echo "$msg" | sed -n 's/.*guest paused \([0-9]*\) ms.*/\1/p' | awk '{print $1/1000}') ;;
+      live) paused=$(echo "$msg" | sed -n 's/.*QEMU downtime \([0-9]*\) ms.*/\1/p' | awk '{print $1/1000}') ;;
       *) paused=$(echo "$msg" | sed -n 's/.*downtime \([0-9.]*\)s.*/\1/p') ;;
     esac
     printf '%s\t%s\t%s\t%s\t%s\n' "$mode" "$run" "$(awk -v a=$t0 -v b=$t1 'BEGIN{print (b-a)/1000}')" \
@@ -130,7 +131,7 @@ done
 python3 - "$RESULTS" <<'EOF'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-print("| mode | runs | drain p50 / max (s) | guest paused p50 / max (s) | client gap p50 / max (s) |")
+print("| mode | runs | drain p50 / max (s) | QEMU downtime or offline downtime p50 / max (s) | client gap p50 / max (s) |")
 print("|---|---|---|---|---|")
 med = {}
 for mode in dict.fromkeys(r["mode"] for r in rows):
@@ -142,7 +143,7 @@ for mode in dict.fromkeys(r["mode"] for r in rows):
         return f"{statistics.median(v):.3f} / {max(v):.3f}"
     n = len([r for r in rows if r["mode"] == mode])
     print(f"| {mode} | {n} | {pm('drain_s')} | {pm('paused_s')} | {pm('gap_s')} |")
-for c, what in (("paused_s", "guest paused"), ("gap_s", "client gap"), ("drain_s", "drain")):
+for c, what in (("paused_s", "downtime"), ("gap_s", "client gap"), ("drain_s", "drain")):
     if ("live", c) in med and ("offline", c) in med and med[("live", c)] > 0:
         print(f"\n{what}: offline / live = {med[('offline', c)] / med[('live', c)]:.1f}x", end="")
 print()

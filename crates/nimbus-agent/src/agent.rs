@@ -419,7 +419,12 @@ impl Agent {
         match driver.start(&cfg) {
             Ok(handle) => {
                 rec.handle = Some(handle);
-                rec.state = InstanceState::Running;
+                // A migration target is not running the VM until it has arrived.
+                rec.state = if rec.incoming.is_some() {
+                    InstanceState::Starting
+                } else {
+                    InstanceState::Running
+                };
                 rec.will_restart = false;
                 rec.reason = None;
                 rec.started = Some(Instant::now());
@@ -713,9 +718,11 @@ impl Agent {
         });
     }
 
-    /// Live migration, target side: notes where the VM is awaited, and when it has
-    /// arrived and runs here.
-    fn follow_incoming(&self, rec: &mut TaskRecord) {
+    /// Live migration, target side: reports where the VM is awaited (`starting`), then
+    /// that it has arrived (`paused`), and runs it once the server has placed it here
+    /// (`placed`: the assignment no longer says `incoming`). Never before: until then
+    /// the server may still abandon the migration for the source's copy.
+    fn follow_incoming(&self, rec: &mut TaskRecord, placed: bool) {
         let (Some(h), Some(d), Some(incoming)) = (
             rec.handle.clone(),
             self.driver_for(&rec.spec),
@@ -725,15 +732,24 @@ impl Agent {
         };
         match d.poll_incoming(&h) {
             Ok(crate::driver::Incoming::Waiting(t)) => rec.incoming_target = Some(t),
-            Ok(crate::driver::Incoming::Arrived) => {
-                tracing::info!(task = %rec.name, "the VM arrived by live migration");
-                rec.incoming = None;
+            Ok(crate::driver::Incoming::Arrived) if !placed => {
                 rec.incoming_target = None;
-                if incoming.guest_ready {
-                    // Booted on the source: usable from the moment it runs here.
-                    rec.boot_ms = rec.started.map(|s| s.elapsed().as_millis() as u64);
-                }
+                rec.state = InstanceState::Paused;
             }
+            Ok(crate::driver::Incoming::Arrived) => match d.resume(&h) {
+                Ok(()) => {
+                    tracing::info!(task = %rec.name, "the VM arrived by live migration and runs");
+                    rec.incoming = None;
+                    rec.incoming_target = None;
+                    rec.state = InstanceState::Running;
+                    rec.reason = None;
+                    if incoming.guest_ready {
+                        // Booted on the source: usable from the moment it runs here.
+                        rec.boot_ms = rec.started.map(|s| s.elapsed().as_millis() as u64);
+                    }
+                }
+                Err(e) => tracing::warn!(task = %rec.name, error = %e, "resuming the arrived VM"),
+            },
             Err(e) => tracing::warn!(task = %rec.name, error = %e, "incoming migration"),
         }
     }
@@ -741,8 +757,15 @@ impl Agent {
     /// Live migration, source side: sends the VM to `to` once (the server decides what
     /// follows a failure).
     fn follow_migration(&self, rec: &mut TaskRecord, to: Option<&nimbus_api::MigrationTarget>) {
-        let (Some(to), Some(h), Some(d)) = (to, rec.handle.clone(), self.driver_for(&rec.spec))
-        else {
+        let Some(to) = to else {
+            // No migration wanted (any more): a failed attempt is forgotten, so that a
+            // later one is not taken for it.
+            if rec.migration.as_ref().is_some_and(|m| !m.completed) {
+                rec.migration = None;
+            }
+            return;
+        };
+        let (Some(h), Some(d)) = (rec.handle.clone(), self.driver_for(&rec.spec)) else {
             return;
         };
         if rec.state != InstanceState::Running
@@ -897,10 +920,11 @@ impl Agent {
                         rec.state = InstanceState::Starting;
                         self.start_task(rec);
                     }
-                    if !rec.migrated_away() {
+                    if rec.incoming.is_some() {
+                        self.follow_incoming(rec, a.incoming.is_none());
+                    } else if !rec.migrated_away() {
                         self.follow_desired_pause(rec, a.desired);
                         self.follow_mirror(rec, a.mirror_to.as_deref());
-                        self.follow_incoming(rec);
                         self.follow_migration(rec, a.migrate_to.as_ref());
                     }
                 }
@@ -924,7 +948,10 @@ impl Agent {
                     }
                 }
             }
-            if let Some(rec) = tasks.get_mut(&a.name) {
+            if let Some(rec) = tasks
+                .get_mut(&a.name)
+                .filter(|r| r.incoming.is_none() && !r.migrated_away())
+            {
                 for b in &a.backups {
                     // Done once the server has the report; otherwise the next pass
                     // tries again (the copy costs little: unchanged chunks are kept).

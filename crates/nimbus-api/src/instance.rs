@@ -735,11 +735,10 @@ pub struct Migration {
     pub target: Option<MigrationTarget>,
     /// Unix ms.
     pub started_at_ms: u64,
-    /// When the target reported the guest running there (unix ms): from then on the
-    /// move is done whatever else happens, and completes with or without the source's
-    /// report.
+    /// The source's report that QEMU completed the migration (with its downtime); the
+    /// move itself completes when the target reports the VM arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arrived_at_ms: Option<u64>,
+    pub source: Option<crate::node::MigrationReport>,
 }
 
 /// Where the target of a live migration waits.

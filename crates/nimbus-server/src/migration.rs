@@ -28,9 +28,6 @@ use crate::reconcile::{request_for, snapshot, NODE_LABEL};
 
 /// How long a live migration may take, from the choice of target to the switch.
 const MIGRATION_TIMEOUT_MS: u64 = 180_000;
-/// How long an arrived migration waits for the source's report (with QEMU's measured
-/// downtime) before it completes without it.
-const SOURCE_REPORT_WAIT_MS: u64 = 3_000;
 
 /// Node facts that must match for QEMU to accept a migration between two nodes.
 const MIGRATION_FACTS: [&str; 2] = ["qemu_version", "accelerator"];
@@ -72,7 +69,10 @@ impl MigrationNews {
                 (Some(t), _) => {
                     (m.target.as_ref() != Some(t)).then(|| MigrationNews::TargetWaiting(t.clone()))
                 }
-                (None, InstanceState::Running) => Some(MigrationNews::Arrived),
+                // Paused: arrived and waiting to be placed there; running: placed.
+                (None, InstanceState::Paused | InstanceState::Running) => {
+                    Some(MigrationNews::Arrived)
+                }
                 (None, InstanceState::Failed | InstanceState::Stopped) => {
                     Some(MigrationNews::Failed(format!(
                         "the target failed: {}",
@@ -144,7 +144,7 @@ impl Cluster {
             generation: inst.generation + 1,
             target: None,
             started_at_ms: now,
-            arrived_at_ms: None,
+            source: None,
         };
         let recovery = Recovery {
             cause: MoveCause::Drain,
@@ -216,15 +216,8 @@ impl Cluster {
     }
 
     /// Checks a live migration in flight: it is abandoned when its target node fails,
-    /// the VM is stopped meanwhile, or it takes too long; once arrived, it completes
-    /// even if the source stays silent.
+    /// the VM is stopped meanwhile, or it takes too long.
     pub(crate) fn check_live_migration(&self, inst: &Instance, m: &Migration) -> Result<()> {
-        if let Some(t) = m.arrived_at_ms {
-            if now_ms().saturating_sub(t) > SOURCE_REPORT_WAIT_MS {
-                return self.migration_completed(&inst.name, m, None);
-            }
-            return Ok(());
-        }
         let target = self.get_node(&m.to_node).map(|n| n.state).ok();
         let why = if inst.desired != DesiredState::Running {
             Some("the VM was stopped".to_string())
@@ -262,50 +255,33 @@ impl Cluster {
                 })?;
                 Ok(())
             }
-            MigrationNews::Arrived => {
-                // The source's report, with QEMU's downtime, normally follows at once;
-                // a source that is not there to send it is not waited for.
-                let now = now_ms();
-                let arrived = self.modify_instance(name, |i| {
+            // The target holds the whole VM, paused: placing it there is what lets it
+            // run (its assignment loses `incoming`), and what stops the source's copy.
+            MigrationNews::Arrived => self.migration_completed(name, m),
+            MigrationNews::Completed(report) => {
+                self.modify_instance(name, |i| {
                     let Some(cur) = i.migration.as_mut().filter(|x| same(x, m)) else {
                         return Ok(false);
                     };
-                    if cur.arrived_at_ms.is_some() {
-                        return Ok(false);
-                    }
-                    cur.arrived_at_ms = Some(now);
+                    cur.source = Some(report.clone());
                     Ok(true)
                 })?;
-                let source_ready = arrived
-                    .node
-                    .as_deref()
-                    .and_then(|n| self.get_node(n).ok())
-                    .is_some_and(|n| matches!(n.state, NodeState::Ready | NodeState::Draining));
-                match arrived.migration {
-                    Some(cur) if same(&cur, m) && !source_ready => {
-                        self.migration_completed(name, &cur, None)
-                    }
-                    _ => Ok(()),
-                }
+                Ok(())
             }
-            MigrationNews::Completed(report) => self.migration_completed(name, m, Some(&report)),
             MigrationNews::Failed(why) => self.migration_failed(name, m, &why),
         }
     }
 
-    /// The guest runs on the target: the instance is placed there.
-    fn migration_completed(
-        &self,
-        name: &str,
-        m: &Migration,
-        report: Option<&MigrationReport>,
-    ) -> Result<()> {
+    /// The VM is all on the target: the instance is placed there.
+    fn migration_completed(&self, name: &str, m: &Migration) -> Result<()> {
         let mut from = None;
+        let mut report = None;
         let inst = self.modify_instance(name, |i| {
             if !i.migration.as_ref().is_some_and(|x| same(x, m)) {
                 return Ok(false);
             }
             from = i.node.clone();
+            report = i.migration.as_ref().and_then(|x| x.source.clone());
             i.node = Some(m.to_node.clone());
             i.generation = m.generation;
             i.migration = None;
@@ -329,7 +305,7 @@ impl Cluster {
             return Ok(());
         };
         let elapsed_ms = now_ms().saturating_sub(m.started_at_ms);
-        let downtime_ms = report.and_then(|r| r.downtime_ms);
+        let downtime_ms = report.as_ref().and_then(|r| r.downtime_ms);
         self.metrics
             .recovery_seconds
             .get_or_create(&HaLabel { ha: "drain".into() })
@@ -339,12 +315,16 @@ impl Cluster {
             "instance",
             name,
             format!(
-                "live-migrated from {from} to {}: {}{:.1}s in all (disk copy and memory)",
+                "live-migrated from {from} to {}: {:.1}s in all (disk copy and memory){}",
                 m.to_node,
+                report
+                    .as_ref()
+                    .and_then(|r| r.total_ms)
+                    .unwrap_or(elapsed_ms) as f64
+                    / 1000.0,
                 downtime_ms
-                    .map(|d| format!("guest paused {d} ms, "))
+                    .map(|d| format!("; QEMU downtime {d} ms, then resumed there once placed"))
                     .unwrap_or_default(),
-                report.and_then(|r| r.total_ms).unwrap_or(elapsed_ms) as f64 / 1000.0
             ),
         );
         self.schedule_now.notify_one();
@@ -355,12 +335,6 @@ impl Cluster {
     /// being drained moves offline instead (stop, back up, restore).
     pub(crate) fn migration_failed(&self, name: &str, m: &Migration, why: &str) -> Result<()> {
         let inst = self.get_instance(name)?;
-        if let Some(cur) = inst.migration.as_ref().filter(|x| same(x, m)) {
-            if cur.arrived_at_ms.is_some() {
-                // The guest runs on the target: that is where the instance is.
-                return self.migration_completed(name, cur, None);
-            }
-        }
         let draining = inst
             .node
             .as_deref()
@@ -444,7 +418,7 @@ mod tests {
             generation: 4,
             target: None,
             started_at_ms: 0,
-            arrived_at_ms: None,
+            source: None,
         };
         let waiting = report(
             4,
@@ -461,10 +435,12 @@ mod tests {
         assert!(
             MigrationNews::of(at, &m, "b", &report(4, "starting", serde_json::json!({}))).is_none()
         );
-        assert!(matches!(
-            MigrationNews::of(at, &m, "b", &report(4, "running", serde_json::json!({}))),
-            Some(MigrationNews::Arrived)
-        ));
+        for state in ["paused", "running"] {
+            assert!(matches!(
+                MigrationNews::of(at, &m, "b", &report(4, state, serde_json::json!({}))),
+                Some(MigrationNews::Arrived)
+            ));
+        }
         assert!(matches!(
             MigrationNews::of(at, &m, "b", &report(4, "failed", serde_json::json!({ "reason": "boom" }))),
             Some(MigrationNews::Failed(why)) if why.contains("boom")

@@ -538,12 +538,13 @@ impl Cluster {
     /// its node sees it moved).
     fn drain_pass(&self) -> Result<()> {
         let instances = self.all_instances()?;
-        let nodes = self.all_nodes_with(&instances)?;
-        let draining: Vec<&nimbus_api::Node> = nodes
+        let mut nodes = self.all_nodes_with(&instances)?;
+        let draining: Vec<nimbus_api::Node> = nodes
             .iter()
             .filter(|n| n.state == NodeState::Draining)
+            .cloned()
             .collect();
-        for drained in draining {
+        for drained in &draining {
             let node = drained.name.clone();
             let on: Vec<&Instance> = instances
                 .iter()
@@ -563,7 +564,16 @@ impl Cluster {
             }
             self.liveness.not_empty(&node);
             for inst in on {
-                if let Err(e) = self.drain_step(inst, drained, &nodes) {
+                let may_start_live = inst.kind == InstanceKind::Vm
+                    && inst.state == InstanceState::Running
+                    && inst.migration.is_none();
+                let step = self.drain_step(inst, drained, &nodes);
+                if may_start_live && step.is_ok() {
+                    // A migration just started reserved room on its target: the next
+                    // VM's choice must see it.
+                    nodes = self.all_nodes_with(&self.all_instances()?)?;
+                }
+                if let Err(e) = step {
                     match e {
                         ServerError::NotFound { .. } | ServerError::Conflict(_) => {}
                         e => tracing::warn!(instance = %inst.name, error = %e, "drain step failed"),

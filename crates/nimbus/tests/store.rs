@@ -525,7 +525,7 @@ fn draining_a_node_live_migrates_a_running_vm_without_a_reboot() {
         .unwrap_or_else(|| panic!("{events}"));
     let msg = moved_event["message"].as_str().unwrap();
     assert!(
-        msg.contains("live-migrated from t-live-a to t-live-b") && msg.contains("guest paused"),
+        msg.contains("live-migrated from t-live-a to t-live-b") && msg.contains("QEMU downtime"),
         "{msg}"
     );
     // One QEMU for it: the source's paused copy quit.

@@ -110,7 +110,8 @@ pub struct IncomingConfig {
 pub enum Incoming {
     /// Still waiting, at this target.
     Waiting(nimbus_api::MigrationTarget),
-    /// The guest runs here; the disk export has ended.
+    /// The VM is all here, paused, and the disk export has ended: it runs once the
+    /// server has placed it here ([`Driver::resume`]).
     Arrived,
 }
 

@@ -173,8 +173,8 @@ impl QemuDriver {
         ]);
         if cfg.incoming.is_some() {
             // Wait for the VM: its memory and devices come from the source. It stays
-            // paused after it arrives (-S) until the disk export has ended: the
-            // guest's disk can only be opened for writing once the export lets go.
+            // paused after it arrives (-S): it runs only once the server has placed it
+            // here, and its disk can only be opened for writing once the export ends.
             a.extend(["-incoming".into(), "defer".into(), "-S".into()]);
         }
         Ok(a)
@@ -189,7 +189,13 @@ impl QemuDriver {
         let mut cmd = Command::new("qemu-img");
         cmd.args(["create", "-q", "-f", "qcow2"]);
         if let Some(incoming) = &cfg.incoming {
-            let _ = fs::remove_file(&overlay);
+            if overlay.exists() {
+                // Possibly the only copy of the disk: never replaced by an empty one.
+                return Err(DriverError::Start(format!(
+                    "{} exists: not replacing it with an empty disk for a migration",
+                    overlay.display()
+                )));
+            }
             let Some(bytes) = incoming.disk_bytes else {
                 return Ok(false);
             };
@@ -274,17 +280,13 @@ impl QemuDriver {
             .next()
             .ok_or_else(|| DriverError::Start("no free port for the migration".into()))?;
         let uri = format!("tcp:{address}:{port}");
-        // The disk is activated at `cont`, after the export ended, not on arrival; the
-        // arrival is an event, so the guest resumes at once (see `watch_events`).
+        // The disk is activated at `cont`, after the export ended, not on arrival.
         qmp::execute(
             &sock,
             QMP_TIMEOUT,
             "migrate-set-capabilities",
             serde_json::json!({
-                "capabilities": [
-                    { "capability": "late-block-activate", "state": true },
-                    { "capability": "events", "state": true },
-                ]
+                "capabilities": [{ "capability": "late-block-activate", "state": true }]
             }),
         )?;
         qmp::execute(
@@ -433,16 +435,9 @@ impl QemuDriver {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let log = dir.join("events.jsonl");
-            let control = dir.join("qmp.sock");
-            let _ = qmp::follow_events(&sock, |name, v| {
+            let _ = qmp::follow_events(&sock, |_, v| {
                 if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) {
                     let _ = writeln!(f, "{v}");
-                }
-                // The target of a live migration: the VM has arrived, run it now.
-                if name == "MIGRATION" && v.pointer("/data/status") == Some(&"completed".into()) {
-                    if let Err(e) = resume_arrived(&control) {
-                        tracing::warn!(error = %e, "resuming a migrated VM failed");
-                    }
                 }
             });
             watchers
@@ -512,17 +507,6 @@ fn end_block_job(sock: &Path, job: &str, node: &str) -> Result<(), DriverError> 
         "blockdev-del",
         serde_json::json!({ "node-name": node }),
     );
-    Ok(())
-}
-
-/// The target of a live migration, once the VM has arrived (paused, `-S`): the source
-/// is paused for good, so the disk export ends, and the guest runs, opening its disk
-/// for writing. Idempotent.
-fn resume_arrived(sock: &Path) -> Result<(), DriverError> {
-    if qmp::query_status(sock, QMP_TIMEOUT)? == "paused" {
-        let _ = qmp::execute(sock, QMP_TIMEOUT, "nbd-server-stop", serde_json::json!({}));
-        qmp::cont(sock, QMP_TIMEOUT)?;
-    }
     Ok(())
 }
 
@@ -793,6 +777,14 @@ impl Driver for QemuDriver {
 
     fn resume(&self, handle: &TaskHandle) -> Result<(), DriverError> {
         let sock = Self::qmp_sock(handle);
+        let status = qmp::query_status(&sock, QMP_TIMEOUT)?;
+        if matches!(status.as_str(), "postmigrate" | "inmigrate") {
+            // Migrated away (it runs elsewhere), or not here yet: never run here.
+            return Err(DriverError::Qmp {
+                socket: sock.display().to_string(),
+                message: format!("the VM is {status}: it cannot run here"),
+            });
+        }
         qmp::cont(&sock, QMP_TIMEOUT)?;
         match qmp::query_status(&sock, QMP_TIMEOUT)?.as_str() {
             "running" => Ok(()),
@@ -869,7 +861,8 @@ impl Driver for QemuDriver {
                     message: format!("bad migration target in the task handle: {e}"),
                 }),
             "paused" | "running" => {
-                resume_arrived(&sock)?;
+                // The source is paused for good: its mirror no longer writes.
+                let _ = qmp::execute(&sock, QMP_TIMEOUT, "nbd-server-stop", serde_json::json!({}));
                 Ok(Incoming::Arrived)
             }
             other => Err(DriverError::Qmp {
