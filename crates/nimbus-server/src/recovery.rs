@@ -527,6 +527,14 @@ impl Cluster {
         self.set_node_state_with(name, NodeState::Ready, "drain cancelled", |n| {
             n.drain_offline = false
         })?;
+        // Live migrations not placed yet stop here: the VMs stay (and keep running).
+        for inst in self.all_instances()? {
+            if let (Some(m), Some(name_of_node)) = (&inst.migration, inst.node.as_deref()) {
+                if name_of_node == name {
+                    self.migration_failed(&inst.name, m, "the drain was cancelled")?;
+                }
+            }
+        }
         self.get_node(name)
     }
 
