@@ -169,6 +169,16 @@ struct TaskRecord {
     started: Option<Instant>,
 }
 
+impl Agent {
+    /// Whether a VM is migrating in (or cannot be told: the tasks are busy).
+    fn awaits_migration(&self) -> bool {
+        self.tasks
+            .try_lock()
+            .map(|t| t.values().any(|r| r.incoming.is_some()))
+            .unwrap_or(false)
+    }
+}
+
 impl TaskRecord {
     /// The VM left this node by live migration: it must never run here again.
     fn migrated_away(&self) -> bool {
@@ -1370,10 +1380,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     ));
     tokio::spawn(heartbeat_loop(agent.clone(), client.clone(), registration));
 
-    // The reconciler: on new assignments, and twice a second to watch tasks.
+    // The reconciler: on new assignments, and twice a second to watch tasks (20 times
+    // while a VM migrates in: its guest is paused from its arrival until it runs).
     loop {
-        let _ =
-            tokio::time::timeout(Duration::from_millis(500), agent.reconcile_now.notified()).await;
+        let tick = if agent.awaits_migration() {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(500)
+        };
+        let _ = tokio::time::timeout(tick, agent.reconcile_now.notified()).await;
         let a = agent.clone();
         if let Ok(true) = tokio::task::spawn_blocking(move || a.reconcile()).await {
             agent.report_now.notify_one();
