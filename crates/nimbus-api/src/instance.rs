@@ -787,6 +787,22 @@ pub struct Recovery {
     pub backup_taken_at_ms: Option<u64>,
 }
 
+impl Recovery {
+    /// A move off draining node `from_node`, begun at `now_ms`.
+    pub fn drain(from_node: &str, policy: HaPolicy, now_ms: u64) -> Recovery {
+        Recovery {
+            cause: MoveCause::Drain,
+            from_node: from_node.to_string(),
+            policy,
+            failed_at_ms: now_ms,
+            detected_at_ms: now_ms,
+            from_replica: false,
+            backup: None,
+            backup_taken_at_ms: None,
+        }
+    }
+}
+
 impl Instance {
     /// Forgets what the last placement observed (process, exit, guest, endpoints),
     /// before the instance is placed again.

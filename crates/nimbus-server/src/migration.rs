@@ -17,7 +17,7 @@
 
 use nimbus_api::{
     DesiredState, Instance, InstanceKind, InstanceReport, InstanceState, Migration,
-    MigrationReport, MoveCause, Node, NodeState, Recovery,
+    MigrationReport, Node, NodeState, Recovery,
 };
 use nimbus_sched::SchedulerConfig;
 
@@ -146,16 +146,7 @@ impl Cluster {
             started_at_ms: now,
             source: None,
         };
-        let recovery = Recovery {
-            cause: MoveCause::Drain,
-            from_node: node.to_string(),
-            policy: inst.spec.ha_policy(),
-            failed_at_ms: now,
-            detected_at_ms: now,
-            from_replica: false,
-            backup: None,
-            backup_taken_at_ms: None,
-        };
+        let recovery = Recovery::drain(node, inst.spec.ha_policy(), now);
         let generation = inst.generation;
         let written = self.modify_instance(&inst.name, |i| {
             if i.node.as_deref() != Some(node)
@@ -246,30 +237,35 @@ impl Cluster {
     ) -> Result<()> {
         match news {
             MigrationNews::TargetWaiting(t) => {
-                self.modify_instance(name, |i| {
-                    let Some(cur) = i.migration.as_mut().filter(|x| same(x, m)) else {
-                        return Ok(false);
-                    };
-                    cur.target = Some(t.clone());
-                    Ok(true)
-                })?;
-                Ok(())
+                self.update_migration(name, m, |cur| cur.target = Some(t.clone()))
             }
             // The target holds the whole VM, paused: placing it there is what lets it
             // run (its assignment loses `incoming`), and what stops the source's copy.
             MigrationNews::Arrived => self.migration_completed(name, m),
             MigrationNews::Completed(report) => {
-                self.modify_instance(name, |i| {
-                    let Some(cur) = i.migration.as_mut().filter(|x| same(x, m)) else {
-                        return Ok(false);
-                    };
-                    cur.source = Some(report.clone());
-                    Ok(true)
-                })?;
-                Ok(())
+                self.update_migration(name, m, |cur| cur.source = Some(report.clone()))
             }
             MigrationNews::Failed(why) => self.migration_failed(name, m, &why),
         }
+    }
+
+    /// Changes the instance's migration if it still is `m`.
+    fn update_migration(
+        &self,
+        name: &str,
+        m: &Migration,
+        f: impl Fn(&mut Migration),
+    ) -> Result<()> {
+        self.modify_instance(name, |i| {
+            match i.migration.as_mut().filter(|x| same(x, m)) {
+                Some(cur) => {
+                    f(cur);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })?;
+        Ok(())
     }
 
     /// The VM is all on the target: the instance is placed there.

@@ -623,16 +623,7 @@ impl Cluster {
                 }
             }
             // Claim the move first (one compare-and-swap); the backup comes after.
-            let r = Recovery {
-                cause: MoveCause::Drain,
-                from_node: node.to_string(),
-                policy: inst.spec.ha_policy(),
-                failed_at_ms: now,
-                detected_at_ms: now,
-                from_replica: false,
-                backup: None,
-                backup_taken_at_ms: None,
-            };
+            let r = Recovery::drain(node, inst.spec.ha_policy(), now);
             let how = match (inst.kind, offline_because) {
                 (InstanceKind::Vm, None) => "stopping it to back up its disk".to_string(),
                 (InstanceKind::Vm, Some(why)) => {
