@@ -406,22 +406,7 @@ fn a_hot_vm_fails_over_with_every_completed_write() {
          done\n",
     )
     .unwrap();
-    c.cli_ok(&[
-        "instance",
-        "create",
-        "hot",
-        "--vm",
-        "--image",
-        "tiny",
-        "--memory",
-        "128Mi",
-        "--disk-size",
-        "16Mi",
-        "--ha",
-        "hot",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.cli_ok(&tiny_vm("hot", "16Mi", &ud, &["--ha", "hot"]));
     running_on(&c, "hot", "fo-v1");
     c.add_node("fo-v2", vm_node);
     c.add_node("fo-v3", vm_node);
@@ -509,22 +494,7 @@ fn draining_a_hot_vm_s_node_migrates_it_live_and_resynchronises_a_standby() {
          done\n",
     )
     .unwrap();
-    c.cli_ok(&[
-        "instance",
-        "create",
-        "hot",
-        "--vm",
-        "--image",
-        "tiny",
-        "--memory",
-        "128Mi",
-        "--disk-size",
-        "16Mi",
-        "--ha",
-        "hot",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.cli_ok(&tiny_vm("hot", "16Mi", &ud, &["--ha", "hot"]));
     running_on(&c, "hot", "fo-m1");
     c.add_node("fo-m2", vm_node);
     let standby = standby_node(&c, "hot");
@@ -603,20 +573,7 @@ fn a_live_migration_whose_target_is_cut_off_falls_back_to_the_offline_move() {
          echo \"disk $m\"\n",
     )
     .unwrap();
-    c.cli_ok(&[
-        "instance",
-        "create",
-        "mig",
-        "--vm",
-        "--image",
-        "tiny",
-        "--memory",
-        "128Mi",
-        "--disk-size",
-        "16Mi",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.cli_ok(&tiny_vm("mig", "16Mi", &ud, &[]));
     running_on(&c, "mig", "fo-l1");
     let marker = |c: &NetCluster| {
         let out = c.cli(&["instance", "console", "mig"]);
@@ -671,11 +628,7 @@ fn a_live_migration_whose_target_is_cut_off_falls_back_to_the_offline_move() {
     // Back on the network, the target stops what it started for the VM: one QEMU.
     c.set_link(&target, true);
     c.wait_for("one QEMU for the VM", Duration::from_secs(30), || {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", "qemu-system-x86_64 -name mig "])
-            .output()
-            .unwrap();
-        (String::from_utf8_lossy(&out.stdout).lines().count() == 1).then_some(())
+        (qemu_processes("mig") == 1).then_some(())
     });
 }
 

@@ -159,22 +159,7 @@ fn backup_of_a_running_vm_restores_and_boots_with_its_data() {
     assert!(c.cli(&["image", "build", "tiny"]).status.success());
     let dir = tempfile::tempdir().unwrap();
     let ud = disk_marker_user_data(dir.path());
-    c.cli_ok(&[
-        "instance",
-        "create",
-        "db",
-        "--vm",
-        "--image",
-        "tiny",
-        "--memory",
-        "128Mi",
-        "--disk-size",
-        "32Mi",
-        "--port",
-        "80",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.cli_ok(&tiny_vm("db", "32Mi", &ud, &["--port", "80"]));
     let db = wait_ready(&c, "db");
     let marker = fetch(&c, &db, "/disk.txt");
     assert!(marker.starts_with("persisted-"), "{marker:?}");
@@ -456,22 +441,7 @@ fn draining_a_node_live_migrates_a_running_vm_without_a_reboot() {
          done\n",
     )
     .unwrap();
-    c.cli_ok(&[
-        "instance",
-        "create",
-        "live",
-        "--vm",
-        "--image",
-        "tiny",
-        "--memory",
-        "128Mi",
-        "--disk-size",
-        "16Mi",
-        "--port",
-        "80",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.cli_ok(&tiny_vm("live", "16Mi", &ud, &["--port", "80"]));
     let vm = wait_ready(&c, "live");
     assert_eq!(vm["node"], "t-live-a");
     let (boot, before, marker) = c.wait_for("the guest's ticks", Duration::from_secs(60), || {
@@ -530,11 +500,7 @@ fn draining_a_node_live_migrates_a_running_vm_without_a_reboot() {
     );
     // One QEMU for it: the source's paused copy quit.
     c.wait_for("the source's QEMU to quit", Duration::from_secs(30), || {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", "qemu-system-x86_64 -name live "])
-            .output()
-            .unwrap();
-        (String::from_utf8_lossy(&out.stdout).lines().count() == 1).then_some(())
+        (qemu_processes("live") == 1).then_some(())
     });
     let (_, node) = c.http("GET", "/v1/nodes/t-live-a", None);
     assert_eq!(node["state"], "draining");
@@ -547,22 +513,7 @@ fn an_offline_drain_moves_a_vm_by_backup_with_its_disk() {
     assert!(c.cli(&["image", "build", "tiny"]).status.success());
     let dir = tempfile::tempdir().unwrap();
     let ud = disk_marker_user_data(dir.path());
-    c.cli_ok(&[
-        "instance",
-        "create",
-        "vm",
-        "--vm",
-        "--image",
-        "tiny",
-        "--memory",
-        "128Mi",
-        "--disk-size",
-        "16Mi",
-        "--port",
-        "80",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.cli_ok(&tiny_vm("vm", "16Mi", &ud, &["--port", "80"]));
     let vm = wait_ready(&c, "vm");
     assert_eq!(vm["node"], "t-vdrain-a");
     let marker = fetch(&c, &vm, "/disk.txt");

@@ -504,3 +504,38 @@ pub fn pid_alive(pid: u64) -> bool {
             .unwrap_or_default()
             .contains(") Z ")
 }
+
+/// Arguments of `nimbus instance create NAME --vm` on the tiny image with 128 MiB of
+/// memory, a disk of `disk`, the user-data script `user_data`, and `extra` flags.
+pub fn tiny_vm<'a>(
+    name: &'a str,
+    disk: &'a str,
+    user_data: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "instance",
+        "create",
+        name,
+        "--vm",
+        "--image",
+        "tiny",
+        "--memory",
+        "128Mi",
+        "--disk-size",
+        disk,
+        "--user-data",
+    ];
+    args.push(user_data.to_str().expect("user-data path is UTF-8"));
+    args.extend_from_slice(extra);
+    args
+}
+
+/// How many QEMU processes run a VM named `name` on this host (any node).
+pub fn qemu_processes(name: &str) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("qemu-system-x86_64 -name {name} ")])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
