@@ -735,10 +735,14 @@ pub struct Migration {
     pub target: Option<MigrationTarget>,
     /// Unix ms.
     pub started_at_ms: u64,
-    /// The source's report that QEMU completed the migration (with its downtime); the
-    /// move itself completes when the target reports the VM arrived.
+    /// The source's report that QEMU completed the migration (with its downtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::node::MigrationReport>,
+    /// When the target reported the VM arrived (paused there), unix ms. The move
+    /// completes once both this and the source's report are in, or a moment after
+    /// the arrival without the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived_at_ms: Option<u64>,
 }
 
 /// Where the target of a live migration waits.

@@ -28,6 +28,10 @@ use crate::reconcile::{request_for, snapshot, NODE_LABEL};
 
 /// How long a live migration may take, from the choice of target to the switch.
 const MIGRATION_TIMEOUT_MS: u64 = 180_000;
+/// How long an arrived VM (paused on the target) waits for the source's report, which
+/// carries QEMU's downtime and normally comes at the same moment, before it is placed
+/// on the target without it.
+const SOURCE_REPORT_WAIT_MS: u64 = 1_000;
 
 /// Node facts that must match for QEMU to accept a migration between two nodes.
 const MIGRATION_FACTS: [&str; 2] = ["qemu_version", "accelerator"];
@@ -145,6 +149,7 @@ impl Cluster {
             target: None,
             started_at_ms: now,
             source: None,
+            arrived_at_ms: None,
         };
         let recovery = Recovery::drain(node, inst.spec.ha_policy(), now);
         let generation = inst.generation;
@@ -209,6 +214,12 @@ impl Cluster {
     /// Checks a live migration in flight: it is abandoned when its target node fails,
     /// the VM is stopped meanwhile, or it takes too long.
     pub(crate) fn check_live_migration(&self, inst: &Instance, m: &Migration) -> Result<()> {
+        if let Some(t) = m.arrived_at_ms {
+            if now_ms().saturating_sub(t) > SOURCE_REPORT_WAIT_MS {
+                return self.migration_completed(&inst.name, m);
+            }
+            return Ok(());
+        }
         let target = self.get_node(&m.to_node).map(|n| n.state).ok();
         let why = if inst.desired != DesiredState::Running {
             Some("the VM was stopped".to_string())
@@ -241,9 +252,18 @@ impl Cluster {
             }
             // The target holds the whole VM, paused: placing it there is what lets it
             // run (its assignment loses `incoming`), and what stops the source's copy.
-            MigrationNews::Arrived => self.migration_completed(name, m),
+            // Both reports are waited for (they come together), so that the move is
+            // recorded with QEMU's downtime.
+            MigrationNews::Arrived => {
+                let now = now_ms();
+                self.update_migration(name, m, |cur| {
+                    cur.arrived_at_ms.get_or_insert(now);
+                })?;
+                self.complete_when_reported(name, m)
+            }
             MigrationNews::Completed(report) => {
-                self.update_migration(name, m, |cur| cur.source = Some(report.clone()))
+                self.update_migration(name, m, |cur| cur.source = Some(report.clone()))?;
+                self.complete_when_reported(name, m)
             }
             MigrationNews::Failed(why) => self.migration_failed(name, m, &why),
         }
@@ -265,6 +285,24 @@ impl Cluster {
                 None => Ok(false),
             }
         })?;
+        Ok(())
+    }
+
+    /// Places the instance on the target once it has arrived there and the source has
+    /// reported (or is not there to report).
+    fn complete_when_reported(&self, name: &str, m: &Migration) -> Result<()> {
+        let inst = self.get_instance(name)?;
+        let Some(cur) = inst.migration.as_ref().filter(|x| same(x, m)) else {
+            return Ok(());
+        };
+        let source_ready = inst
+            .node
+            .as_deref()
+            .and_then(|n| self.get_node(n).ok())
+            .is_some_and(|n| matches!(n.state, NodeState::Ready | NodeState::Draining));
+        if cur.arrived_at_ms.is_some() && (cur.source.is_some() || !source_ready) {
+            return self.migration_completed(name, cur);
+        }
         Ok(())
     }
 
@@ -415,6 +453,7 @@ mod tests {
             target: None,
             started_at_ms: 0,
             source: None,
+            arrived_at_ms: None,
         };
         let waiting = report(
             4,
