@@ -529,10 +529,12 @@ impl Cluster {
         })?;
         // Live migrations not placed yet stop here: the VMs stay (and keep running).
         for inst in self.all_instances()? {
-            if let (Some(m), Some(name_of_node)) = (&inst.migration, inst.node.as_deref()) {
-                if name_of_node == name {
-                    self.migration_failed(&inst.name, m, "the drain was cancelled")?;
-                }
+            if let Some(m) = inst
+                .migration
+                .as_ref()
+                .filter(|_| inst.node.as_deref() == Some(name))
+            {
+                self.migration_failed(&inst.name, m, "the drain was cancelled")?;
             }
         }
         self.get_node(name)

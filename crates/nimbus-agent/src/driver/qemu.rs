@@ -310,31 +310,9 @@ impl QemuDriver {
         };
         if let Some(disk) = &to.disk {
             let t: MirrorTarget = disk.parse().map_err(failed)?;
-            qmp::execute(
-                sock,
-                QMP_TIMEOUT,
-                "blockdev-add",
-                serde_json::json!({
-                    "driver": "nbd",
-                    "node-name": MIGRATION_NODE,
-                    "server": { "type": "inet", "host": t.host, "port": t.port.to_string() },
-                    "export": t.export,
-                }),
-            )?;
-            // Write-blocking: once in sync, every guest write reaches the target before
-            // it completes, so the target's disk is whole the moment the guest pauses.
-            qmp::execute(
-                sock,
-                QMP_TIMEOUT,
-                "blockdev-mirror",
-                serde_json::json!({
-                    "job-id": MIGRATION_JOB,
-                    "device": DISK_ID,
-                    "target": MIGRATION_NODE,
-                    "sync": "full",
-                    "copy-mode": "write-blocking",
-                }),
-            )?;
+            // Once in sync, every guest write reaches the target before it completes, so
+            // the target's disk is whole the moment the guest pauses.
+            mirror_to_nbd(sock, &t, MIGRATION_NODE, MIGRATION_JOB)?;
             loop {
                 let job = block_job(sock, MIGRATION_JOB)?
                     .ok_or_else(|| failed("the disk copy to the target failed".into()))?;
@@ -487,6 +465,45 @@ fn block_job(sock: &Path, id: &str) -> Result<Option<serde_json::Value>, DriverE
         .cloned())
 }
 
+/// Starts mirroring the VM's disk to an NBD export (block node `node`, job `job`): a
+/// full copy, then every guest write completes only once the export has it
+/// (`copy-mode: write-blocking`).
+fn mirror_to_nbd(sock: &Path, to: &MirrorTarget, node: &str, job: &str) -> Result<(), DriverError> {
+    qmp::execute(
+        sock,
+        QMP_TIMEOUT,
+        "blockdev-add",
+        serde_json::json!({
+            "driver": "nbd",
+            "node-name": node,
+            "server": { "type": "inet", "host": to.host, "port": to.port.to_string() },
+            "export": to.export,
+        }),
+    )?;
+    let started = qmp::execute(
+        sock,
+        QMP_TIMEOUT,
+        "blockdev-mirror",
+        serde_json::json!({
+            "job-id": job,
+            "device": DISK_ID,
+            "target": node,
+            "sync": "full",
+            "copy-mode": "write-blocking",
+        }),
+    );
+    if let Err(e) = started {
+        let _ = qmp::execute(
+            sock,
+            QMP_TIMEOUT,
+            "blockdev-del",
+            serde_json::json!({ "node-name": node }),
+        );
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Ends a block job (a ready mirror completes with its target whole) and removes the
 /// job's target node.
 fn end_block_job(sock: &Path, job: &str, node: &str) -> Result<(), DriverError> {
@@ -512,12 +529,8 @@ fn end_block_job(sock: &Path, job: &str, node: &str) -> Result<(), DriverError> 
 
 /// The block node under the VM's disk drive (what an export serves).
 fn disk_node_name(sock: &Path) -> Result<String, DriverError> {
-    let blocks = qmp::execute(sock, QMP_TIMEOUT, "query-block", serde_json::json!({}))?;
-    blocks
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|b| b.get("device").and_then(|d| d.as_str()) == Some(DISK_ID))
+    disk_block(sock)?
+        .as_ref()
         .and_then(|b| b.pointer("/inserted/node-name"))
         .and_then(|n| n.as_str())
         .map(String::from)
@@ -525,6 +538,17 @@ fn disk_node_name(sock: &Path) -> Result<String, DriverError> {
             socket: sock.display().to_string(),
             message: format!("no block node under drive {DISK_ID}"),
         })
+}
+
+/// The VM's disk drive as `query-block` describes it, if it has one.
+fn disk_block(sock: &Path) -> Result<Option<serde_json::Value>, DriverError> {
+    let blocks = qmp::execute(sock, QMP_TIMEOUT, "query-block", serde_json::json!({}))?;
+    Ok(blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b.get("device").and_then(|d| d.as_str()) == Some(DISK_ID))
+        .cloned())
 }
 
 fn drive(path: &Path, format: &str, readonly: bool) -> [String; 2] {
@@ -799,39 +823,7 @@ impl Driver for QemuDriver {
         let sock = Self::qmp_sock(handle);
         // A previous mirror (to an older standby) goes first.
         let _ = self.stop_mirror(handle);
-        qmp::execute(
-            &sock,
-            QMP_TIMEOUT,
-            "blockdev-add",
-            serde_json::json!({
-                "driver": "nbd",
-                "node-name": REPLICA_NODE,
-                "server": { "type": "inet", "host": to.host, "port": to.port.to_string() },
-                "export": to.export,
-            }),
-        )?;
-        let started = qmp::execute(
-            &sock,
-            QMP_TIMEOUT,
-            "blockdev-mirror",
-            serde_json::json!({
-                "job-id": MIRROR_JOB,
-                "device": DISK_ID,
-                "target": REPLICA_NODE,
-                "sync": "full",
-                "copy-mode": "write-blocking",
-            }),
-        );
-        if let Err(e) = started {
-            let _ = qmp::execute(
-                &sock,
-                QMP_TIMEOUT,
-                "blockdev-del",
-                serde_json::json!({ "node-name": REPLICA_NODE }),
-            );
-            return Err(e);
-        }
-        Ok(())
+        mirror_to_nbd(&sock, to, REPLICA_NODE, MIRROR_JOB)
     }
 
     fn mirror_in_sync(&self, handle: &TaskHandle) -> Result<bool, DriverError> {
@@ -895,12 +887,8 @@ impl Driver for QemuDriver {
     }
 
     fn disk_bytes(&self, handle: &TaskHandle) -> Option<u64> {
-        let sock = Self::qmp_sock(handle);
-        let blocks = qmp::execute(&sock, QMP_TIMEOUT, "query-block", serde_json::json!({})).ok()?;
-        blocks
-            .as_array()?
-            .iter()
-            .find(|b| b.get("device").and_then(|d| d.as_str()) == Some(DISK_ID))?
+        disk_block(&Self::qmp_sock(handle))
+            .ok()??
             .pointer("/inserted/image/virtual-size")?
             .as_u64()
     }
