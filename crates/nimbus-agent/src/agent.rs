@@ -626,9 +626,18 @@ impl Agent {
                     }
                     h
                 }
-                None => (20000..30000)
-                    .find(|h| free(*h) && !out.iter().any(|o| o.0 == *h))
-                    .ok_or("no free host port between 20000 and 29999")?,
+                None => {
+                    // Each node and instance starts looking at its own place in the
+                    // range: agents sharing a host rarely race for the same port.
+                    let mut seed = std::collections::hash_map::DefaultHasher::new();
+                    std::hash::Hash::hash(&(&self.cfg.name, name), &mut seed);
+                    let span = 10000u16;
+                    let first = (std::hash::Hasher::finish(&seed) % u64::from(span)) as u16;
+                    (0..span)
+                        .map(|i| 20000 + (first + i) % span)
+                        .find(|h| free(*h) && !out.iter().any(|o| o.0 == *h))
+                        .ok_or("no free host port between 20000 and 29999")?
+                }
             };
             out.push((host, p.guest));
         }
